@@ -1,0 +1,36 @@
+# One command each, on a fresh machine: `make demo` (set up, train, test) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Real data: $ABLATE_DATA_DIR, else ../shared/data when it exists, else ./data (downloaded).
+DATA_DIR ?= $(or $(ABLATE_DATA_DIR),$(if $(wildcard ../shared/data/MNIST),../shared/data,./data))
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow lint zoo clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+# The Inception network of the "Advanced CNN" lecture on MNIST: fit, then test the best checkpoint.
+demo: install
+	$(BIN)/ablate fit --config experiments/quickstart_fast.yaml --data.data_dir $(DATA_DIR) --test_after_fit true
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+zoo: install
+	$(BIN)/ablate zoo --format md
+
+clean:
+	rm -rf $(VENV) runs lightning_logs wandb .pytest_cache

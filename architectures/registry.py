@@ -1,0 +1,128 @@
+"""Name -> builder registry for every network in the zoo.
+
+Each entry carries the metadata tests, sweeps and ``ablate zoo`` need: the family, the paper,
+the parameter count the paper (or torchvision) states at the builder's default ``num_classes``,
+and the native input size. Builders are plain functions returning an ``nn.Module``; registering
+one never imports anything heavy.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Metadata of one registered network.
+
+    Args:
+        name: Registry name, e.g. ``"resnet20"``.
+        family: Family it belongs to, e.g. ``"resnet_cifar"``.
+        paper: Link to the paper the layout follows.
+        params: Expected parameter count at ``num_classes`` (None where no number is published).
+        input_size: Native input ``(channels, height, width)``.
+        num_classes: Number of classes the count ``params`` refers to.
+        torchvision: Name of the torchvision builder whose state dict ours matches, if any.
+        builder: Function ``(**overrides) -> nn.Module``.
+    """
+
+    name: str
+    family: str
+    paper: str
+    params: int | None
+    input_size: tuple[int, int, int]
+    num_classes: int
+    torchvision: str | None
+    builder: Callable[..., nn.Module]
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    *,
+    family: str,
+    paper: str,
+    params: int | None,
+    input_size: tuple[int, int, int] = (3, 224, 224),
+    num_classes: int = 1000,
+    torchvision: str | None = None,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a builder under its function name."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = builder.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelInfo(
+            name, family, paper, params, input_size, num_classes, torchvision, builder
+        )
+        return builder
+
+    return decorate
+
+
+def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
+    """Registered names matching a shell-style ``pattern`` (and ``family``), sorted."""
+    return sorted(
+        name
+        for name, info in _REGISTRY.items()
+        if fnmatch.fnmatch(name, pattern) and (family is None or info.family == family)
+    )
+
+
+def model_info(name: str) -> ModelInfo:
+    """Metadata of ``name``; a clear error listing close names when it is unknown."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, _REGISTRY, n=5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise KeyError(
+            f"unknown architecture {name!r}.{hint} Run `ablate zoo` to list all "
+            f"{len(_REGISTRY)} registered networks."
+        ) from None
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build the registered network ``name``; ``overrides`` win over the variant's arguments."""
+    return model_info(name).builder(**overrides)
+
+
+class ZooModel(nn.Module):
+    """Config entry point for any registered network: ``class_path: architectures.ZooModel``.
+
+    Constructing it returns the registered network itself (not a wrapper), so checkpoints keep
+    the network's own state-dict keys. LightningCLI links the data's ``num_classes`` and
+    ``in_chans`` into these arguments.
+    """
+
+    def __new__(
+        cls,
+        name: str = "inception_mnist",
+        num_classes: int = 10,
+        in_chans: int = 1,
+        overrides: dict | None = None,
+    ) -> nn.Module:
+        return create_model(name, num_classes=num_classes, in_chans=in_chans, **(overrides or {}))
+
+    def __init__(
+        self,
+        name: str = "inception_mnist",
+        num_classes: int = 10,
+        in_chans: int = 1,
+        overrides: dict | None = None,
+    ) -> None:
+        """Args:
+        name: Registry name of the network (``ablate zoo`` lists them).
+        num_classes: Number of output classes (linked from the data module).
+        in_chans: Number of input channels (linked from the data module).
+        overrides: Keyword arguments passed to the builder, e.g. ``{shortcut: B}``.
+        """
+        raise AssertionError("unreachable: __new__ returns the registered network")

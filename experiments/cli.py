@@ -1,0 +1,144 @@
+"""``ablate``: LightningCLI's fit/validate/test/predict plus the experiment tools.
+
+    ablate fit --config experiments/quickstart.yaml
+    ablate test --config experiments/quickstart.yaml --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt
+    ablate zoo --format md
+
+The data module's ``num_classes`` and ``in_chans`` are linked into the network, so no config
+states them twice. Defaults (loggers, checkpointing, progress bar) live in
+``experiments/presets/defaults.yaml`` so ``--print_config`` shows a complete, re-runnable config.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+PRESETS = Path(__file__).parent / "presets"
+
+# Tools beside LightningCLI's subcommands: name -> "module:function" taking argv.
+TOOLS: dict[str, str] = {
+    "zoo": "experiments.zoo:main",
+}
+
+
+class AblateCLI(LightningCLI):
+    """LightningCLI with the data -> model links and aligned logger versions."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After `fit`, evaluate the best checkpoint on the test split in the same run.",
+        )
+        parser.link_arguments("data.num_classes", "model.network.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_chans", "model.network.init_args.in_chans", apply_on="instantiate")
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        # A rich progress bar unless the user turned bars off or brought their own; as a default
+        # callback it would clash with `--trainer.enable_progress_bar false`.
+        from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
+
+        configured = config.get("callbacks") or []
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(callback, ProgressBar) for callback in [*configured, *callbacks]
+        ):
+            callbacks = [*callbacks, RichProgressBar()]
+        trainer = super()._instantiate_trainer(config, callbacks)
+        _align_logger_versions(trainer.loggers)
+        return trainer
+
+
+    def after_fit(self) -> None:
+        if self.config.fit.get("test_after_fit") and not self.trainer.interrupted:
+            callback = self.trainer.checkpoint_callback
+            best = "best" if callback is not None and callback.best_model_path else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+            self.after_test()
+
+    def after_test(self) -> None:
+        """A one-line summary the demo ends with (Lightning's table precedes it)."""
+        metrics = self.trainer.callback_metrics
+        if "test/acc" in metrics and self.trainer.is_global_zero:
+            acc = float(metrics["test/acc"])
+            print(f"test accuracy: {100 * acc:.2f}%  test error: {100 * (1 - acc):.2f}%  "
+                  f"run: {self.trainer.log_dir}")
+
+
+def _align_logger_versions(loggers: list) -> None:
+    """Give every file logger the first one's version, so CSV and TensorBoard share one run folder.
+
+    Each logger otherwise numbers its own ``version_N`` and a second logger pointed at the same
+    root sees the first one's folder and takes the next number.
+    """
+    if len(loggers) < 2 or not hasattr(loggers[0], "version"):
+        return
+    version = loggers[0].version
+    for logger in loggers[1:]:
+        if hasattr(logger, "_version") and getattr(logger, "_version", None) is None:
+            logger._version = version
+
+
+def run_lightning_cli(args: list[str] | None = None) -> AblateCLI:
+    # Deferred so `ablate zoo` and `--help` of the tools do not pay for Lightning's import.
+    from lightning_modules.classifier import ImageClassifier
+
+    return AblateCLI(
+        ImageClassifier,
+        subclass_mode_model=False,
+        subclass_mode_data=True,
+        parser_kwargs={
+            command: {"default_config_files": [str(PRESETS / "defaults.yaml")]}
+            for command in ("fit", "validate", "test", "predict")
+        },
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def _run_tool(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module_name, function = TOOLS[name].split(":")
+    return int(getattr(importlib.import_module(module_name), function)(argv) or 0)
+
+
+# Errors that are the user's to fix: print their message alone, no traceback.
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from datamodules.base import DataNotFoundError
+    from lightning_modules.classifier import NonFiniteLossError
+
+    return (DataNotFoundError, NonFiniteLossError, FileNotFoundError, ValueError, KeyError, TypeError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ablate`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in TOOLS:
+            return _run_tool(argv[0], argv[1:])
+        # LightningCLI reads sys.argv itself when args is None (and warns when given both).
+        run_lightning_cli(None if argv == sys.argv[1:] else argv)
+        return 0
+    except KeyboardInterrupt:
+        print("ablate: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into an exit status
+        if os.environ.get("ABLATE_DEBUG") or not isinstance(error, _user_error_types()):
+            traceback.print_exc()
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        print(f"ablate: error: {type(error).__name__}: {message}", file=sys.stderr)
+        return 1
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,107 @@
+"""The generic classifier: losses with auxiliary heads, soft targets, injected optimiser/schedule."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from architectures import AuxOutputs, create_model
+from lightning_modules import ImageClassifier, NonFiniteLossError
+
+
+class TwoHeadNet(nn.Module):
+    """A tiny net with two auxiliary heads, returning AuxOutputs like GoogLeNet does."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.main = nn.Linear(8, num_classes)
+        self.aux_heads = nn.ModuleList(nn.Linear(8, num_classes) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> AuxOutputs:
+        aux = tuple(head(x) for head in self.aux_heads) if self.training else ()
+        return AuxOutputs(self.main(x), aux)
+
+
+def test_loss_is_main_plus_weighted_aux() -> None:
+    torch.manual_seed(0)
+    model = ImageClassifier(TwoHeadNet(), aux_weights=[0.3, 1.5])
+    x, y = torch.randn(6, 8), torch.randint(0, 4, (6,))
+    out = model.network(x)
+    losses = model.compute_loss(out, y)
+    main = F.cross_entropy(out.logits, y)
+    aux0, aux1 = (F.cross_entropy(a, y) for a in out.aux)
+    torch.testing.assert_close(losses["loss_main"], main)
+    torch.testing.assert_close(losses["loss_aux0"], aux0)
+    torch.testing.assert_close(losses["loss"], main + 0.3 * aux0 + 1.5 * aux1)
+
+
+def test_single_aux_weight_applies_to_every_head_and_eval_has_no_aux() -> None:
+    model = ImageClassifier(TwoHeadNet(), aux_weights=0.5)
+    x, y = torch.randn(3, 8), torch.randint(0, 4, (3,))
+    out = model.network(x)
+    losses = model.compute_loss(out, y)
+    expected = losses["loss_main"] + 0.5 * (losses["loss_aux0"] + losses["loss_aux1"])
+    torch.testing.assert_close(losses["loss"], expected)
+    model.eval()
+    assert set(model.compute_loss(model.network(x), y)) == {"loss", "loss_main"}
+
+
+def test_aux_weight_count_must_match_heads() -> None:
+    model = ImageClassifier(TwoHeadNet(), aux_weights=[0.3])
+    with pytest.raises(ValueError, match="1 entries but the network has 2 aux heads"):
+        model.compute_loss(model.network(torch.randn(2, 8)), torch.tensor([0, 1]))
+
+
+def test_soft_targets_and_label_smoothing() -> None:
+    model = ImageClassifier(TwoHeadNet().eval(), label_smoothing=0.1)
+    x = torch.randn(5, 8)
+    hard = torch.randint(0, 4, (5,))
+    soft = F.one_hot(hard, 4).float()
+    logits = model(x)
+    expected = F.cross_entropy(logits, hard, label_smoothing=0.1)
+    torch.testing.assert_close(model.compute_loss(logits, hard)["loss"], expected)
+    torch.testing.assert_close(model.compute_loss(logits, soft)["loss"], expected)
+
+
+def test_bad_optimizer_settings_fail_at_construction() -> None:
+    with pytest.raises(ValueError, match="Invalid learning rate: -0.1"):
+        ImageClassifier(TwoHeadNet(), optimizer=functools.partial(torch.optim.SGD, lr=-0.1))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ImageClassifier(TwoHeadNet(), label_smoothing=1.5)
+
+
+def test_network_must_expose_num_classes() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        ImageClassifier(nn.Linear(3, 3))
+
+
+def test_non_finite_loss_names_the_step() -> None:
+    model = ImageClassifier(TwoHeadNet().eval())
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss .* at global step 0"):
+        model.training_step((torch.full((2, 8), float("nan")), torch.tensor([0, 1])), 0)
+
+
+def test_one_cycle_gets_the_trainers_step_count() -> None:
+    from jsonargparse import ArgumentParser
+    from pytorch_lightning.cli import LRSchedulerCallable
+
+    parser = ArgumentParser()
+    parser.add_argument("--sched", type=LRSchedulerCallable)
+    cfg = parser.parse_args(["--sched", '{"class_path": "torch.optim.lr_scheduler.OneCycleLR", '
+                                       '"init_args": {"max_lr": 0.1}}'])
+    sched_factory = parser.instantiate(cfg).sched
+    model = ImageClassifier(create_model("lenet5"), lr_scheduler=sched_factory, scheduler_interval="step")
+
+    class FakeTrainer:
+        estimated_stepping_batches = 123
+        max_epochs = 3
+
+    model._trainer = FakeTrainer()  # configure_optimizers only reads the step estimate
+    configured = model.configure_optimizers()
+    assert configured["lr_scheduler"]["scheduler"].total_steps == 123
+    assert configured["lr_scheduler"]["interval"] == "step"

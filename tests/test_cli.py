@@ -1,0 +1,103 @@
+"""The `ablate` command end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import QUICK, REPO, run_ablate
+
+QUICKSTART = str(REPO / "experiments" / "quickstart_fast.yaml")
+
+
+def _data_args(data_dir: Path) -> list[str]:
+    return [f"--data.data_dir={data_dir}", "--data.init_args.val_size=100", "--data.init_args.batch_size=50"]
+
+
+def _run_dir(workdir: Path, name: str = "quickstart_fast") -> Path:
+    versions = sorted((workdir / "runs" / name).glob("version_*"))
+    assert versions, f"no run directory under {workdir / 'runs' / name}"
+    return versions[-1]
+
+
+def test_fit_then_test_from_checkpoint(synthetic_mnist: Path, tmp_path: Path) -> None:
+    fit = run_ablate("fit", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), "--test_after_fit=true",
+                     cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "test accuracy:" in fit.stdout
+    run = _run_dir(tmp_path)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["network"]["init_args"]["name"] == "inception_mnist"
+    assert saved["model"]["optimizer"]["init_args"]["nesterov"] is True
+    assert (run / "tensorboard").is_dir(), "TensorBoard shares the CSV logger's run folder"
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert any(row.get("val/acc") for row in rows) and any(row.get("test/err") for row in rows)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+    test = run_ablate("test", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
+                      "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    # One epoch, so the best checkpoint is the last one: the same weights give the same numbers,
+    # which a freshly initialised network would not.
+    accuracy = float(test.stdout.split("test accuracy:")[1].split("%")[0])
+    assert accuracy == float(fit.stdout.split("test accuracy:")[1].split("%")[0])
+    assert accuracy > 20, "well above chance (10%) on the bar-per-class synthetic digits"
+
+
+def test_print_config_is_complete_and_rerunnable(synthetic_mnist: Path, tmp_path: Path) -> None:
+    printed = run_ablate("fit", "--config", QUICKSTART, *_data_args(synthetic_mnist), "--print_config", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    config = yaml.safe_load(printed.stdout)
+    for key in ("trainer", "model", "data", "seed_everything"):
+        assert key in config
+    assert config["model"]["lr_scheduler"]["class_path"] == "torch.optim.lr_scheduler.OneCycleLR"
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed.stdout)
+    rerun = run_ablate("fit", "--config", str(saved), "--trainer.fast_dev_run=true",
+                       "--trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+
+
+def test_validate_and_predict(synthetic_mnist: Path, tmp_path: Path) -> None:
+    for command in ("validate", "predict"):
+        result = run_ablate(command, "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_network_class_path_with_linked_num_classes(synthetic_mnist: Path, tmp_path: Path) -> None:
+    result = run_ablate(
+        "fit", "--config", QUICKSTART, *_data_args(synthetic_mnist), "--trainer.fast_dev_run=true",
+        "--trainer.enable_progress_bar=false",
+        '--model.network={"class_path": "architectures.lenet.LeNet5", "init_args": {"pooling": "max"}}',
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (['--model.network={"class_path": "architectures.NoSuchNet"}'], "NoSuchNet"),
+        (["--model.network.init_args.name=resnet2000"], "unknown architecture 'resnet2000'"),
+        (["--model.optimizer.init_args.lr=-0.1"], "Invalid learning rate: -0.1"),
+        (["--data.init_args.batch_size=0"], "batch_size must be positive"),
+    ],
+    ids=["wrong-class-path", "unknown-registry-name", "negative-lr", "zero-batch"],
+)
+def test_bad_config_fails_with_a_message(args: list[str], message: str, synthetic_mnist: Path, tmp_path: Path) -> None:
+    result = run_ablate("fit", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), *args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_missing_dataset_fails_with_the_expected_layout(tmp_path: Path) -> None:
+    result = run_ablate("fit", "--config", QUICKSTART, *QUICK, f"--data.data_dir={tmp_path / 'absent'}",
+                        "--data.init_args.download=false", cwd=tmp_path)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ablate: error: DataNotFoundError: MNIST not found")
+    assert "train-images-idx3-ubyte" in last_line
