@@ -1,0 +1,21 @@
+"""Every network family as plain ``nn.Module``s, registered by name.
+
+Importing this package registers all families; ``create_model(name)`` builds one.
+"""
+
+from architectures.common import AuxOutputs, count_params
+from architectures.registry import ModelInfo, ZooModel, create_model, list_models, model_info, register_model
+
+# Family modules register their builders on import.
+from architectures import alexnet, all_cnn, googlenet, inception_mnist, inception_v3, lenet, nin, vgg, xception  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "AuxOutputs",
+    "ModelInfo",
+    "ZooModel",
+    "count_params",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]
