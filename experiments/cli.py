@@ -19,6 +19,8 @@ from pathlib import Path
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 PRESETS = Path(__file__).parent / "presets"
+# jsonargparse's notices about its own API, which Lightning calls, mean nothing to our users.
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 # Tools beside LightningCLI's subcommands: name -> "module:function" taking argv.
 TOOLS: dict[str, str] = {
@@ -84,20 +86,21 @@ def _align_logger_versions(loggers: list) -> None:
             logger._version = version
 
 
-def run_lightning_cli(args: list[str] | None = None) -> AblateCLI:
+def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> AblateCLI:
     # Deferred so `ablate zoo` and `--help` of the tools do not pay for Lightning's import.
     from lightning_modules.classifier import ImageClassifier
 
+    defaults = {"default_config_files": [str(PRESETS / "defaults.yaml")]}
     return AblateCLI(
         ImageClassifier,
         subclass_mode_model=False,
         subclass_mode_data=True,
-        parser_kwargs={
-            command: {"default_config_files": [str(PRESETS / "defaults.yaml")]}
-            for command in ("fit", "validate", "test", "predict")
-        },
+        parser_kwargs=(
+            {command: defaults for command in ("fit", "validate", "test", "predict")} if run else defaults
+        ),
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 
