@@ -7,7 +7,7 @@ from architectures.common import AuxOutputs, count_params
 from architectures.registry import ModelInfo, ZooModel, create_model, list_models, model_info, register_model
 
 # Family modules register their builders on import.
-from architectures import alexnet, all_cnn, googlenet, inception_mnist, inception_v3, lenet, nin, vgg, xception  # noqa: E402,F401  isort: skip
+from architectures import alexnet, all_cnn, densenet, googlenet, inception_mnist, inception_v3, lenet, nin, resnet, torchvision_zoo, vgg, xception  # noqa: E402,E501,F401  isort: skip
 
 __all__ = [
     "AuxOutputs",

@@ -123,6 +123,6 @@ class ZooModel(nn.Module):
         name: Registry name of the network (``ablate zoo`` lists them).
         num_classes: Number of output classes (linked from the data module).
         in_chans: Number of input channels (linked from the data module).
-        overrides: Keyword arguments passed to the builder, e.g. ``{shortcut: B}``.
+        overrides: Keyword arguments passed to the builder, e.g. ``{downsample: B}``.
         """
         raise AssertionError("unreachable: __new__ returns the registered network")
