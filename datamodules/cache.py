@@ -1,0 +1,96 @@
+"""On-disk cache of decoded datasets and fitted preprocessing, keyed on what the source looks like.
+
+A key is a hash of the source's file list with each file's size and mtime (plus whatever settings
+shape the result), so editing, adding or removing a file invalidates the entry. Entries are plain
+``.pt`` dicts of tensors, strings and numbers, read back with ``torch.load(weights_only=True)``;
+writes go to a temporary file first and are moved into place with ``os.replace``, so concurrent
+DDP ranks or an interrupted run never leave a half-written entry. A new entry replaces the older
+entries of the same dataset, split and source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Bump when the layout of cached entries changes, so old caches are rebuilt.
+CACHE_VERSION = 1
+
+
+def hash_strings(*parts: object) -> str:
+    """Hex digest of the parts' string forms, separated."""
+    digest = hashlib.sha256()
+    for part in (CACHE_VERSION, *parts):
+        digest.update(str(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def file_fingerprint(paths: Iterable[Path]) -> str:
+    """Hash of every file's path, size and modification time (nanoseconds)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+class DiskCache:
+    """Entries ``<cache_dir>/<prefix>-<key>.pt``; ``prefix`` names dataset, split and source.
+
+    Args:
+        cache_dir: Folder of the entries, created on the first write.
+    """
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.cache_dir = Path(cache_dir).expanduser()
+
+    def path(self, prefix: str, key: str) -> Path:
+        return self.cache_dir / f"{prefix}-{key[:24]}.pt"
+
+    def load(self, prefix: str, key: str) -> dict[str, Any] | None:
+        """The entry, or None when it is missing or unreadable (then it is rebuilt)."""
+        path = self.path(prefix, key)
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated by a full disk, written by an incompatible version...
+            warnings.warn(f"ignoring unreadable cache entry {path} ({error}); rebuilding it", stacklevel=2)
+            return None
+
+    def save(self, prefix: str, key: str, entry: dict[str, Any]) -> Path | None:
+        """Write atomically and drop the entries it supersedes; warn (not fail) when unwritable."""
+        path = self.path(prefix, key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(entry, tmp)
+            os.replace(tmp, path)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            warnings.warn(
+                f"could not write cache entry {path} ({error}); the next run decodes again. "
+                "Set cache_dir (or $ABLATE_CACHE_DIR) to a writable folder.",
+                stacklevel=2,
+            )
+            return None
+        for old in self.cache_dir.glob(f"{prefix}-*.pt"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        return path
+
+    def get_or_build(self, prefix: str, key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The cached entry, else ``build()``'s result, stored for next time."""
+        entry = self.load(prefix, key)
+        if entry is None:
+            entry = build()
+            self.save(prefix, key, entry)
+        return entry

@@ -1,0 +1,376 @@
+"""CIFAR-10 and CIFAR-100 (Krizhevsky 2009), held in memory as uint8 tensors.
+
+Two on-disk sources, auto-detected under ``data_dir``:
+
+* torchvision's pickle batches (``cifar-10-batches-py/`` or ``cifar-100-python/``), read with
+  torchvision's own loader, downloaded when missing and the network allows;
+* an image-folder tree ``train/<class>/*`` + ``test/<class>/*`` (PNG or JPEG), such as
+  ``../shared/data/cifar10-jpeg``; classes take the canonical order (``airplane`` ... ``truck``),
+  which is also the sorted order of the folder names.
+
+Either source is decoded once into uint8 tensors and cached (see ``datamodules.cache``): the first
+run on the 60k-image JPEG tree decodes in a few seconds, later runs load the cache in well under one.
+Validation is a seeded 5k carved from the 50k training images, seen through eval transforms
+(He et al. 2015 use 45k/5k); the official 10k test set is the test set.
+
+torchvision's CIFAR reader verifies each batch file's md5. That check is bypassed (and only that:
+a subclass overrides ``_check_integrity`` / ``_load_meta`` to test for presence), so re-packed or
+synthetic batches in the same format load too; a truncated or corrupt batch still fails, naming
+the file. Downloads keep torchvision's md5 check.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torchvision.datasets import CIFAR10, CIFAR100
+
+from datamodules.base import (
+    DataFormatError,
+    DataNotFoundError,
+    InMemoryImageDataModule,
+    TensorImageDataset,
+    default_cache_dir,
+    resize_batch,
+)
+from datamodules.cache import DiskCache, file_fingerprint, hash_strings
+from datamodules.image_folder import (
+    CorruptImageError,
+    decode_files,
+    find_classes,
+    scan_split,
+    warn_skipped,
+)
+from datamodules.presets import BatchPreset, batch_preset
+from datamodules.whitening import GCN_SCALE, ZCA_EPSILON, GCNZCAWhitener
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# ``fine_label_names`` of CIFAR-100's meta file (alphabetical).
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel
+    can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
+    dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
+    lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree
+    pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea
+    seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table
+    tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman
+    worm""".split()
+)
+
+
+class _PresenceChecked:
+    """Mixin for torchvision's CIFAR readers: existence instead of md5 (see the module docstring)."""
+
+    root: str
+    base_folder: str
+    train_list: list[list[str]]
+    test_list: list[list[str]]
+    meta: dict[str, str]
+
+    def _check_integrity(self) -> bool:
+        folder = Path(self.root) / self.base_folder
+        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as file:
+            self.classes = pickle.load(file, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+
+
+class _CIFAR10Batches(_PresenceChecked, CIFAR10):
+    pass
+
+
+class _CIFAR100Batches(_PresenceChecked, CIFAR100):
+    pass
+
+
+class CIFAR10DataModule(InMemoryImageDataModule):
+    """CIFAR-10, 3x32x32, 10 classes; from pickle batches or an image-folder tree.
+
+    Args:
+        data_dir: Folder holding ``cifar-10-batches-py/`` or ``train/`` + ``test/`` class folders
+            (default ``$ABLATE_DATA_DIR`` or ``./data``), e.g. ``../shared/data/cifar10-jpeg``.
+        batch_size: Images per batch per process (under DDP one step sees ``world_size * batch_size``).
+        val_size: Training images held out for validation (default 5,000 of 50,000; 0 = none).
+        seed: Seed of the train/validation split.
+        download: Download the pickle batches when no source is found and the network allows.
+        num_workers: DataLoader workers (0 is fastest for in-memory batches).
+        source: ``"auto"`` (pickle batches if present, else the image-folder tree), ``"pickle"``
+            or ``"folder"``.
+        augment: Named training preset, run on whole uint8 batches on the device: ``none``,
+            ``flip``, ``standard`` (pad + random crop + flip), ``lecture`` (colour jitter, flip,
+            rotation 20), ``autoaugment`` / ``randaugment`` / ``trivialaugment`` (standard + the
+            policy, per image, slower); see ``datamodules.presets``.
+        max_shift: Padding of the random crop (4 pixels, He et al.).
+        train_transforms: Extra per-image uint8 tensor transforms after the preset (e.g.
+            ``torchvision.transforms.v2`` classes as ``class_path`` entries); they run per image.
+        random_erasing: Probability of random erasing per training image (0 = off).
+        mixup_alpha: MixUp's Beta parameter (0 = off); training targets become soft.
+        cutmix_alpha: CutMix's Beta parameter (0 = off); training targets become soft.
+        whiten: ``"gcn_zca"`` replaces per-channel normalisation with global contrast
+            normalisation + ZCA whitening fitted on the training split (maxout / All-CNN).
+        gcn_scale: L2 norm of each image after GCN (55, as pylearn2).
+        zca_epsilon: Regulariser added to the covariance eigenvalues (0.1, pylearn2's default).
+        resize: Resize every split's batches to ``resize x resize`` after normalisation (e.g. to
+            feed ImageNet-sized networks); ``image_size`` follows. None keeps 32x32.
+        cache_dir: Where decoded splits and ZCA matrices are cached (default
+            ``$ABLATE_CACHE_DIR`` or ``~/.cache/ablate``).
+        skip_corrupt: Skip unreadable images of an image-folder tree with one counted warning
+            instead of failing on the first.
+    """
+
+    num_classes = 10
+    in_chans = 3
+    image_size = (32, 32)
+    # Per-channel statistics of the 50k training images.
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+    classes = CIFAR10_CLASSES
+    display_name = "CIFAR-10"
+    cache_name = "cifar10"
+    pickle_folder = "cifar-10-batches-py"
+    pickle_reader: type[CIFAR10] = _CIFAR10Batches
+    downloader: type[CIFAR10] = CIFAR10
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 128,
+        val_size: int = 5000,
+        seed: int = 0,
+        download: bool = True,
+        num_workers: int = 0,
+        source: Literal["auto", "pickle", "folder"] = "auto",
+        augment: BatchPreset = "standard",
+        max_shift: int = 4,
+        train_transforms: list[Callable] | None = None,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        whiten: Literal["none", "gcn_zca"] = "none",
+        gcn_scale: float = GCN_SCALE,
+        zca_epsilon: float = ZCA_EPSILON,
+        resize: int | None = None,
+        cache_dir: str | None = None,
+        skip_corrupt: bool = False,
+    ) -> None:
+        super().__init__(
+            data_dir,
+            batch_size,
+            val_size,
+            seed,
+            download,
+            num_workers,
+            train_transforms,
+            random_erasing,
+            mixup_alpha,
+            cutmix_alpha,
+        )
+        if source not in ("auto", "pickle", "folder"):
+            raise ValueError(f"source must be 'auto', 'pickle' or 'folder', got {source!r}")
+        if whiten not in ("none", "gcn_zca"):
+            raise ValueError(f"whiten must be 'none' or 'gcn_zca', got {whiten!r}")
+        self.source = source
+        self.augment = augment
+        self.max_shift = max_shift
+        self._preset = batch_preset(augment, max_shift)
+        self.whiten = whiten
+        self.gcn_scale = gcn_scale
+        self.zca_epsilon = zca_epsilon
+        self.whitener: GCNZCAWhitener | None = None
+        self.resize = resize
+        if resize is not None:
+            self.image_size = (resize, resize)
+        self.cache = DiskCache(cache_dir if cache_dir is not None else default_cache_dir())
+        self.skip_corrupt = skip_corrupt
+        self._source_keys: dict[str, str] = {}
+        self._loaded: dict[str, TensorImageDataset] = {}  # prepare_data -> setup, same process
+
+    # ----- where the data is -------------------------------------------------------------------
+
+    def detect_source(self) -> Literal["pickle", "folder"] | None:
+        """The source ``source`` selects that is present on disk, or None."""
+        has_pickle = (self.data_dir / self.pickle_folder).is_dir()
+        has_folder = (self.data_dir / "train").is_dir() and (self.data_dir / "test").is_dir()
+        if self.source in ("auto", "pickle") and has_pickle:
+            return "pickle"
+        if self.source in ("auto", "folder") and has_folder:
+            return "folder"
+        return None
+
+    def _not_found(self, cause: str) -> DataNotFoundError:
+        root = self.data_dir
+        return DataNotFoundError(
+            f"{self.display_name} not found under {root} ({cause}). Expected torchvision's pickle batches "
+            f"in {root / self.pickle_folder}/ or an image-folder tree {root}/train/<class>/*.png|jpg plus "
+            f"{root}/test/<class>/*. Point --data.data_dir (or $ABLATE_DATA_DIR) at the folder that holds "
+            "one of them (e.g. ../shared/data/cifar10-jpeg), or allow the download (download=True, network)."
+        )
+
+    def _pickle_files(self, train: bool) -> list[Path]:
+        """The batch files of a split, then the meta file."""
+        reader = self.pickle_reader
+        names = [name for name, _ in (reader.train_list if train else reader.test_list)]
+        return [self.data_dir / self.pickle_folder / name for name in (*names, reader.meta["filename"])]
+
+    def prepare_data(self) -> None:
+        """Download when needed, then decode both splits (and fit ZCA) into the cache."""
+        if self.detect_source() is None:
+            if not self.download or self.source == "folder":
+                raise self._not_found(f"nothing found for source={self.source!r}; download={self.download}")
+            try:
+                self.downloader(self.data_dir, train=True, download=True)
+            except Exception as error:  # URLError, socket errors, HTTP errors: all mean "offline"
+                raise self._not_found(f"download failed: {error}") from error
+        train = self.load_split(train=True)
+        self.load_split(train=False)
+        if self.whiten == "gcn_zca":
+            self._whitener(lambda: train.images[self.split_indices(len(train))[0]])
+
+    # ----- decoding and caching ----------------------------------------------------------------
+
+    def _read_pickles(self, train: bool) -> dict[str, Any]:
+        try:
+            dataset = self.pickle_reader(self.data_dir, train=train, download=False)
+        except Exception as error:  # UnpicklingError, EOFError, KeyError, reshape ValueError...
+            raise DataFormatError(
+                f"{self.display_name}: {self._unreadable_pickle(train)} is unreadable "
+                f"({type(error).__name__}: {error}). "
+                f"Delete {self.data_dir / self.pickle_folder} and download again."
+            ) from error
+        if len(dataset.classes) != self.num_classes:
+            raise DataFormatError(
+                f"{self.display_name}: {self._pickle_files(train)[-1]} lists {len(dataset.classes)} classes, "
+                f"expected {self.num_classes}"
+            )
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+        return {
+            "images": images,
+            "labels": torch.tensor(dataset.targets),
+            "classes": list(dataset.classes),
+            "skipped": [],
+        }
+
+    def _unreadable_pickle(self, train: bool) -> Path | str:
+        for path in self._pickle_files(train):
+            try:
+                with open(path, "rb") as file:
+                    pickle.load(file, encoding="latin1")
+            except Exception:
+                return path
+        return f"one of {', '.join(str(path) for path in self._pickle_files(train))}"
+
+    def _decode_tree(
+        self, root: Path, files: list[str], labels: list[int], classes: list[str]
+    ) -> dict[str, Any]:
+        images, kept, skipped = decode_files(
+            files,
+            in_chans=self.in_chans,
+            image_size=(32, 32),
+            skip_corrupt=self.skip_corrupt,
+            dataset=self.display_name,
+        )
+        return {
+            "images": images,
+            "labels": torch.tensor(labels)[kept],
+            "classes": classes,
+            "skipped": skipped,
+        }
+
+    def load_split(self, train: bool) -> TensorImageDataset:
+        """The official split, from the cache when the source is unchanged, else decoded and cached."""
+        split = "train" if train else "test"
+        if split in self._loaded:
+            return self._loaded[split]
+        source = self.detect_source()
+        if source is None:
+            raise self._not_found(f"nothing found for source={self.source!r}")
+        if source == "pickle":
+            root = self.data_dir / self.pickle_folder
+            files = self._pickle_files(train)
+            missing = [path.name for path in files if not path.is_file()]
+            if missing:
+                raise self._not_found(f"missing {', '.join(missing)} in {root}")
+
+            def build() -> dict[str, Any]:
+                return self._read_pickles(train)
+        else:
+            root = self.data_dir / split
+            classes = find_classes(
+                self.data_dir / "train",
+                self.data_dir / "test",
+                num_classes=self.num_classes,
+                canonical=type(self).classes,
+                dataset=self.display_name,
+            )
+            files, labels = scan_split(root, classes, self.display_name)
+
+            def build() -> dict[str, Any]:
+                return self._decode_tree(root, files, labels, classes)
+
+        key = hash_strings(self.cache_name, split, source, file_fingerprint(files))
+        self._source_keys[split] = key
+        prefix = f"{self.cache_name}-{split}-{source}-{hash_strings(root.resolve())[:8]}"
+        entry = self.cache.get_or_build(prefix, key, build)
+        if entry["skipped"]:
+            if not self.skip_corrupt:
+                raise CorruptImageError(
+                    entry["skipped"][0], "recorded as unreadable by a skip_corrupt=True run"
+                )
+            warn_skipped(entry["skipped"], root)
+        self.classes = tuple(entry["classes"])
+        self._loaded[split] = TensorImageDataset(entry["images"], entry["labels"])
+        return self._loaded[split]
+
+    def _whitener(self, train_images: Callable[[], torch.Tensor]) -> GCNZCAWhitener:
+        """GCN+ZCA fitted on the training part of the split, cached on source, split and settings."""
+        key = hash_strings(
+            self._source_keys["train"], self.seed, self.val_size, self.gcn_scale, self.zca_epsilon
+        )
+        prefix = f"{self.cache_name}-zca-{hash_strings(self.data_dir.resolve())[:8]}"
+        whitener = GCNZCAWhitener(self.gcn_scale, self.zca_epsilon)
+        state = self.cache.get_or_build(prefix, key, lambda: whitener.fit(train_images()).state_dict())
+        return whitener.load_state_dict(state)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            super().setup(stage)
+            if self.whiten == "gcn_zca":
+                self.whitener = self._whitener(lambda: self.train_set.images)
+            self._loaded.clear()  # the splits hold what they need
+
+    # ----- batches on the device ---------------------------------------------------------------
+
+    def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        return self._preset(images)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        if self.whitener is not None:
+            return self.whitener(images)
+        return super().normalize(images)
+
+    def postprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return resize_batch(images, self.resize)
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100, 3x32x32, 100 fine classes; same knobs as ``CIFAR10DataModule``.
+
+    Sources: ``cifar-100-python/`` (torchvision's pickles) or ``train/`` + ``test/`` class folders.
+    """
+
+    num_classes = 100
+    # Per-channel statistics of the 50k training images.
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)
+    classes = CIFAR100_CLASSES
+    display_name = "CIFAR-100"
+    cache_name = "cifar100"
+    pickle_folder = "cifar-100-python"
+    pickle_reader = _CIFAR100Batches
+    downloader = CIFAR100
