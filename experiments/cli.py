@@ -25,6 +25,8 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 # Tools beside LightningCLI's subcommands: name -> "module:function" taking argv.
 TOOLS: dict[str, str] = {
     "zoo": "experiments.zoo:main",
+    "sweep": "experiments.sweep:main",
+    "report": "experiments.report:main",
 }
 
 
@@ -114,9 +116,10 @@ def _run_tool(name: str, argv: list[str]) -> int:
 # Errors that are the user's to fix: print their message alone, no traceback.
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from datamodules.base import DataNotFoundError
+    from experiments.study import StudyError
     from lightning_modules.classifier import NonFiniteLossError
 
-    return (DataNotFoundError, NonFiniteLossError, FileNotFoundError, ValueError, KeyError, TypeError)
+    return (DataNotFoundError, NonFiniteLossError, StudyError, FileNotFoundError, ValueError, KeyError, TypeError)
 
 
 def main(argv: list[str] | None = None) -> int:

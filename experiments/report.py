@@ -1,0 +1,218 @@
+"""``ablate report <study>``: our numbers next to the paper's, as Markdown, CSV, PNG (and W&B).
+
+    ablate report resnet_shortcuts --tier short
+    ablate report all_cnn --tier full --out /scratch/runs --wandb
+
+Only runs with a completed ``result.json`` contribute numbers. Runs that failed are counted and
+their reasons listed; arms without a finished run are shown as missing, never as a number.
+"fail" follows the papers' rule: error above the study's threshold (20% for He et al. 2016).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+
+from experiments.study import TIERS, Study, load_study
+from experiments.sweep import DEFAULT_OUT, write_json_atomic
+
+
+def _seed_results(point_dir: Path, metric: str) -> tuple[list[dict], list[str], int]:
+    """Completed records, failure notes and the count of unfinished runs under one grid point."""
+    completed, failures, unfinished = [], [], 0
+    for seed_dir in sorted(point_dir.glob("seed_*")):
+        record = _read(seed_dir / "result.json")
+        if record is None:
+            unfinished += 1
+        elif record.get("status") == "completed" and metric in record.get("metrics", {}):
+            completed.append(record)
+        else:
+            failures.append(f"seed {record.get('seed')}: {record.get('reason', 'failed')}")
+    return completed, failures, unfinished
+
+
+def _select_point(study: Study, arm_dir: Path) -> tuple[str, list[dict], list[str], int]:
+    """The grid point with the best mean validation accuracy (the papers' model selection)."""
+    if not study.grid:
+        return "", *_seed_results(arm_dir, study.metric)
+    best, failures, unfinished = None, [], 0
+    for point_dir in sorted(p for p in arm_dir.iterdir() if p.is_dir()) if arm_dir.is_dir() else []:
+        completed, point_failures, point_unfinished = _seed_results(point_dir, study.metric)
+        failures += [f"{point_dir.name} {note}" for note in point_failures]
+        unfinished += point_unfinished
+        scores = [r["metrics"].get("val/acc_best") for r in completed]
+        if completed and all(score is not None for score in scores):
+            score = statistics.fmean(scores)
+            if best is None or score > best[0]:
+                best = (score, point_dir.name, completed)
+    if best is None:
+        return "", [], failures, unfinished
+    return best[1], best[2], failures, unfinished
+
+
+def collect(study: Study, tier: str, out: Path) -> list[dict]:
+    """One row per arm, in the paper's table order."""
+    rows = []
+    for arm in study.arms.values():
+        selected, completed, failures, unfinished = _select_point(study, out / study.name / tier / arm.name)
+        values = [float(r["metrics"][study.metric]) for r in completed]
+        params = next((r.get("params") for r in completed if r.get("params")), None)
+        row = {
+            "arm": arm.name,
+            "label": arm.label,
+            "paper": arm.paper,
+            "selected": selected,
+            "n": len(values),
+            "mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else (0.0 if values else None),
+            "median": statistics.median(values) if values else None,
+            "values": values,
+            "failed": len(failures),
+            "failures": failures,
+            "unfinished": unfinished,
+            "params": params,
+        }
+        ours = row[study.summary]
+        row["ours"] = ours
+        row["fail"] = ours is not None and ours > study.fail_above
+        row["diff"] = ours - arm.paper if ours is not None and isinstance(arm.paper, (int, float)) else None
+        rows.append(row)
+    return rows
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _paper(value) -> str:
+    return "" if value is None else value if isinstance(value, str) else f"{value:.2f}"
+
+
+def _ours(row: dict) -> str:
+    if row["n"] == 0:
+        return "failed" if row["failed"] else "missing"
+    text = f"{row['mean']:.2f} ± {row['std']:.2f}"
+    return text + (" (fail)" if row["fail"] else "")
+
+
+def markdown(study: Study, tier: str, rows: list[dict]) -> str:
+    lines = [
+        f"## {study.title} — {study.table} [{tier} tier]",
+        "",
+        f"Paper: {study.paper_url}. Metric: {study.metric} (%), lower is better; the paper reports the "
+        f"{study.summary}; 'fail' means above {study.fail_above:g}%.",
+        "",
+        "| arm | paper | ours mean ± std | median | ours − paper | seeds | failed | params |"
+        + (" selected on val |" if study.grid else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" --- |" if study.grid else ""),
+    ]
+    for row in rows:
+        diff = "" if row["diff"] is None else f"{row['diff']:+.2f}"
+        params = f"{row['params']:,}" if row["params"] else ""
+        selected = f" {row['selected']} |" if study.grid else ""
+        lines.append(f"| {row['label']} | {_paper(row['paper'])} | {_ours(row)} | {_fmt(row['median'])} | "
+                     f"{diff} | {row['n']} | {row['failed']} | {params} |{selected}")
+    notes = [f"- {row['arm']}: {reason}" for row in rows for reason in row["failures"]]
+    notes += [f"- {row['arm']}: {row['unfinished']} run(s) not finished" for row in rows if row["unfinished"]]
+    if notes:
+        lines += ["", "Not counted:", *notes]
+    return "\n".join(lines)
+
+
+def to_csv(rows: list[dict]) -> str:
+    fields = ["arm", "label", "paper", "selected", "n", "mean", "std", "median", "ours", "diff", "fail", "failed",
+              "unfinished", "params"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def plot(study: Study, tier: str, rows: list[dict], path: Path) -> None:
+    """Our mean ± std per arm as error bars, the paper's number as a red mark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(rows) + 2), 4.5))
+    xs = range(len(rows))
+    for x, row in zip(xs, rows, strict=True):
+        if row["n"]:
+            first = "ours (mean ± std)" not in ax.get_legend_handles_labels()[1]
+            ax.errorbar(x, row["mean"], yerr=row["std"], fmt="o", color="tab:blue", capsize=4,
+                        label="ours (mean ± std)" if first else None)
+            ax.scatter([x] * row["n"], row["values"], color="tab:blue", alpha=0.3, s=10)
+        if isinstance(row["paper"], (int, float)):
+            ax.scatter(x, row["paper"], marker="_", s=400, color="tab:red",
+                       label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None)
+        elif row["paper"] == "fail":
+            ax.annotate("paper: fail", (x, study.fail_above), ha="center", fontsize=7, color="tab:red")
+    ax.axhline(study.fail_above, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(list(xs), [row["label"] for row in rows], rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(f"{study.metric} (%)")
+    ax.set_title(f"{study.title} — {study.table} [{tier}]", fontsize=10)
+    finite = [v for row in rows for v in row["values"] if math.isfinite(v)]
+    finite += [row["paper"] for row in rows if isinstance(row["paper"], (int, float))]
+    if finite:
+        ax.set_ylim(0, min(100, max(finite) * 1.15 + 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def push_to_wandb(study: Study, tier: str, rows: list[dict], png: Path) -> None:
+    """The table and chart as a W&B Table and Image in a report run (offline without a key)."""
+    import wandb
+
+    from lightning_modules.loggers import wandb_credentials_available
+
+    mode = "online" if wandb_credentials_available() else "offline"
+    run = wandb.init(project="cnn-ablations", group=f"{study.name}-{tier}", job_type="report",
+                     name=f"report-{study.name}-{tier}", mode=mode, dir=str(png.parent))
+    columns = ["arm", "paper", "mean", "std", "median", "n", "failed"]
+    table = wandb.Table(columns=columns,
+                        data=[[row["label"], _paper(row["paper"]), row["mean"], row["std"], row["median"], row["n"],
+                               row["failed"]] for row in rows])
+    run.log({f"{study.name}/table": table, f"{study.name}/chart": wandb.Image(str(png))})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ablate report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", help="study name under experiments/studies, or a study folder")
+    parser.add_argument("--tier", choices=TIERS, default="short")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="root the sweep wrote to (default: runs)")
+    parser.add_argument("--wandb", action="store_true", help="also push the table and chart to W&B")
+    args = parser.parse_args(argv)
+    study = load_study(args.study)
+    out = Path(args.out).resolve()
+    rows = collect(study, args.tier, out)
+    target = out / study.name / args.tier
+    target.mkdir(parents=True, exist_ok=True)
+    text = markdown(study, args.tier, rows)
+    for name, content in (("report.md", text + "\n"), ("report.csv", to_csv(rows))):
+        tmp = target / f".{name}.tmp"
+        tmp.write_text(content)
+        tmp.replace(target / name)
+    write_json_atomic(target / "report.json", rows)
+    plot(study, args.tier, rows, target / "report.png")
+    if args.wandb:
+        push_to_wandb(study, args.tier, rows, target / "report.png")
+    print(text)
+    print(f"\nwrote {target}/report.{{md,csv,json,png}}")
+    return 0

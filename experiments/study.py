@@ -1,0 +1,126 @@
+"""A study: a shared base config, one YAML per arm, the paper's numbers, and three tiers.
+
+Layout of ``experiments/studies/<name>/``::
+
+    study.yaml        # the paper, the table, each arm's published error, the tiers
+    base.yaml         # the protocol every arm shares (a complete LightningCLI config)
+    arms/<arm>.yaml   # what the arm changes, in as few keys as possible
+
+A tier changes the schedule only (steps and how often to validate), never the arm: ``full`` is
+the paper's protocol, ``short`` the same recipe compressed (milestones are fractions of the run,
+so they move with it), ``smoke`` a few steps for CI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STUDIES_DIR = Path(__file__).parent / "studies"
+TIERS = ("full", "short", "smoke")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a study.
+
+    Args:
+        name: File stem of ``arms/<name>.yaml``.
+        config: Path of the arm's YAML.
+        paper: The published error in percent, ``"fail"`` where the paper reports divergence or
+            error above the study's threshold, or None where the paper has no number.
+        label: How the paper's table names the arm.
+    """
+
+    name: str
+    config: Path
+    paper: float | str | None
+    label: str
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    root: Path
+    title: str
+    paper_url: str
+    table: str
+    metric: str
+    fail_above: float
+    summary: str  # "median" or "mean": the statistic the paper reports
+    arms: dict[str, Arm]
+    tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Hyper-parameters the paper picks per arm on validation, e.g. {"model.optimizer.init_args.lr":
+    # [0.25, 0.1, 0.05, 0.01]}: every arm runs at every grid point, the report keeps the point with
+    # the best validation accuracy and shows its test error.
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+
+    def grid_points(self) -> list[tuple[tuple[str, Any], ...]]:
+        """Every combination of the grid's values, as ``((key, value), ...)``; one empty point if no grid."""
+        points: list[tuple[tuple[str, Any], ...]] = [()]
+        for key, values in self.grid.items():
+            points = [(*point, (key, value)) for point in points for value in values]
+        return points
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base.yaml"
+
+
+class StudyError(ValueError):
+    """A study or an arm that does not exist or is malformed."""
+
+
+def list_studies() -> list[str]:
+    return sorted(p.parent.name for p in STUDIES_DIR.glob("*/study.yaml"))
+
+
+def load_study(name_or_path: str | Path) -> Study:
+    """Read ``study.yaml`` of a study by name (under experiments/studies) or by folder path."""
+    root = Path(name_or_path)
+    if not (root / "study.yaml").is_file():
+        root = STUDIES_DIR / str(name_or_path)
+    meta_path = root / "study.yaml"
+    if not meta_path.is_file():
+        raise StudyError(f"unknown study {str(name_or_path)!r}; known studies: {', '.join(list_studies())}")
+    meta = yaml.safe_load(meta_path.read_text())
+    arms = {}
+    for arm_name, arm_meta in meta["arms"].items():
+        config = root / "arms" / f"{arm_name}.yaml"
+        if not config.is_file():
+            raise StudyError(f"study {meta['name']!r} lists arm {arm_name!r} but {config} does not exist")
+        arm_meta = arm_meta or {}
+        arms[arm_name] = Arm(arm_name, config, arm_meta.get("paper"), arm_meta.get("label", arm_name))
+    tiers = meta.get("tiers", {})
+    missing = [tier for tier in TIERS if tier not in tiers]
+    if missing:
+        raise StudyError(f"study {meta['name']!r} does not define tiers {missing}")
+    return Study(
+        name=meta["name"],
+        root=root,
+        title=meta.get("title", meta["name"]),
+        paper_url=meta.get("paper", ""),
+        table=meta.get("table", ""),
+        metric=meta.get("metric", "test/err"),
+        fail_above=float(meta.get("fail_above", 20.0)),
+        summary=meta.get("summary", "mean"),
+        arms=arms,
+        tiers=tiers,
+        grid=meta.get("grid") or {},
+    )
+
+
+def grid_label(point: tuple[tuple[str, Any], ...]) -> str:
+    """Folder name of a grid point: ``lr=0.1`` (last component of each key)."""
+    return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in point) or "default"
+
+
+def select_arms(study: Study, only: list[str] | None = None, exclude: list[str] | None = None) -> list[Arm]:
+    """The study's arms in table order, filtered; unknown names are an error, not a silent no-op."""
+    for name in [*(only or []), *(exclude or [])]:
+        if name not in study.arms:
+            raise StudyError(f"study {study.name!r} has no arm {name!r}; arms: {', '.join(study.arms)}")
+    return [arm for name, arm in study.arms.items() if (not only or name in only) and name not in (exclude or [])]
