@@ -27,6 +27,8 @@ TOOLS: dict[str, str] = {
     "zoo": "experiments.zoo:main",
     "sweep": "experiments.sweep:main",
     "report": "experiments.report:main",
+    "slurm": "experiments.slurm:main",
+    "bench": "experiments.bench:main",
 }
 
 
@@ -68,10 +70,10 @@ class AblateCLI(LightningCLI):
     def after_test(self) -> None:
         """A one-line summary the demo ends with (Lightning's table precedes it)."""
         metrics = self.trainer.callback_metrics
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
         if "test/acc" in metrics and self.trainer.is_global_zero:
             acc = float(metrics["test/acc"])
-            print(f"test accuracy: {100 * acc:.2f}%  test error: {100 * (1 - acc):.2f}%  "
-                  f"run: {self.trainer.log_dir}")
+            print(f"test accuracy: {100 * acc:.2f}%  test error: {100 * (1 - acc):.2f}%  run: {log_dir}")
 
 
 def _align_logger_versions(loggers: list) -> None:
@@ -91,6 +93,7 @@ def _align_logger_versions(loggers: list) -> None:
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> AblateCLI:
     # Deferred so `ablate zoo` and `--help` of the tools do not pay for Lightning's import.
     from lightning_modules.classifier import ImageClassifier
+    from lightning_modules.loggers import SaveConfigToWandb  # config.yaml, plus the W&B run config once
 
     defaults = {"default_config_files": [str(PRESETS / "defaults.yaml")]}
     return AblateCLI(
@@ -100,6 +103,7 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Ablate
         parser_kwargs=(
             {command: defaults for command in ("fit", "validate", "test", "predict")} if run else defaults
         ),
+        save_config_callback=SaveConfigToWandb,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

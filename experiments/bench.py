@@ -1,0 +1,238 @@
+"""``ablate bench``: how much this template costs against plain PyTorch, measured side by side.
+
+    ablate bench overhead   [--steps 60 --repeats 3]      # ablate fit vs a plain loop, same batches
+    ablate bench data       [--data-dir ...]              # loader images/s vs training images/s
+    ablate bench throughput [--pattern 'resnet*']         # per architecture, train and inference
+    ablate bench time-to-acc [--target 0.85]              # ResNet-20 on CIFAR-10 to a test accuracy
+
+Every comparison runs its two sides in one process, interleaved (A, B, A, B, ...), several
+repeats, and reports medians and the ratio, so drift in a shared machine's load hits both
+sides alike. Figures print as Markdown and, with ``--json FILE``, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def cifar_datamodule(data_dir: Path | None, batch_size: int):
+    """The project's CIFAR-10 module on the real JPEG copy, or on synthetic pickles without it."""
+    from datamodules import CIFAR10DataModule
+    from datamodules.synthetic import write_cifar10_pickles
+
+    if data_dir is None:
+        data_dir = REAL_CIFAR if REAL_CIFAR.is_dir() else write_cifar10_pickles(
+            Path(tempfile.mkdtemp()), per_batch=2000, num_test=1000)
+    dm = CIFAR10DataModule(str(data_dir), batch_size=batch_size, augment="standard", download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm, data_dir
+
+
+class _StepTimer:
+    """Wall time between the end of step ``warmup`` and the end of the last step."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start: float | None = None
+        self.end: float | None = None
+        self.steps = 0
+
+    def step_done(self) -> None:
+        self.steps += 1
+        if self.steps == self.warmup:
+            self.start = time.perf_counter()
+        self.end = time.perf_counter()
+
+    def images_per_s(self, batch_size: int) -> float:
+        return (self.steps - self.warmup) * batch_size / (self.end - self.start)
+
+
+def plain_loop(net_name: str, dm, steps: int, warmup: int, seed: int) -> float:
+    """The loop a careful user writes by hand: same batches, augmentation, optimiser, loss."""
+    from architectures import create_model
+
+    torch.manual_seed(seed)
+    net = create_model(net_name, num_classes=10).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    timer = _StepTimer(warmup)
+    loader = dm.train_dataloader()
+    while timer.steps < steps:
+        for batch in loader:
+            images, labels = dm.transform_batch(batch, train=True)
+            loss = F.cross_entropy(net(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            timer.step_done()
+            if timer.steps >= steps:
+                break
+    return timer.images_per_s(dm.batch_size)
+
+
+def project_fit(net_name: str, data_dir: Path, batch_size: int, steps: int, warmup: int, seed: int) -> float:
+    """The same training through ``ablate fit`` (its defaults: loggers, checkpointing, progress bar)."""
+    import pytorch_lightning as pl
+
+    from experiments.cli import run_lightning_cli
+
+    timer = _StepTimer(warmup)
+
+    class Timing(pl.Callback):
+        def on_train_batch_end(self, *args, **kwargs) -> None:
+            timer.step_done()
+
+    with tempfile.TemporaryDirectory() as workdir:
+        cli = run_lightning_cli([
+            "--model.network=architectures.ZooModel", f"--model.network.init_args.name={net_name}",
+            '--model.optimizer={"class_path": "torch.optim.SGD", "init_args": '
+            '{"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4}}',
+            "--data=datamodules.CIFAR10DataModule", f"--data.init_args.data_dir={data_dir}",
+            f"--data.init_args.batch_size={batch_size}", "--data.init_args.download=false",
+            f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
+            "--trainer.num_sanity_val_steps=0", "--trainer.accelerator=cpu", "--trainer.devices=1",
+            f"--trainer.default_root_dir={workdir}", f"--seed_everything={seed}",
+            # The default CSV + TensorBoard loggers, pointed at a temporary folder.
+            "--trainer.logger=" + json.dumps([
+                {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": workdir}},
+                {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                 "init_args": {"save_dir": workdir, "sub_dir": "tensorboard"}}]),
+        ], run=False)
+        cli.trainer.callbacks.append(Timing())
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return timer.images_per_s(batch_size)
+
+
+def interleaved(sides: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, run in sides.items():
+            results[name].append(run())
+    return results
+
+
+def bench_overhead(args: argparse.Namespace) -> dict:
+    dm, data_dir = cifar_datamodule(args.data_dir, args.batch_size)
+    rows = []
+    for net_name in args.networks.split(","):
+        results = interleaved({
+            "plain": lambda n=net_name: plain_loop(n, dm, args.steps, args.warmup, 0),
+            "ablate": lambda n=net_name: project_fit(n, data_dir, args.batch_size, args.steps, args.warmup, 0),
+        }, args.repeats)
+        plain, ours = statistics.median(results["plain"]), statistics.median(results["ablate"])
+        rows.append({"network": net_name, "plain_img_s": plain, "ablate_img_s": ours, "ratio": ours / plain,
+                     "runs_plain": results["plain"], "runs_ablate": results["ablate"]})
+    return {"benchmark": "overhead", "machine": machine(), "steps": args.steps, "warmup": args.warmup,
+            "batch_size": args.batch_size, "repeats": args.repeats, "rows": rows,
+            "command": "ablate bench overhead " + " ".join(sys.argv[3:])}
+
+
+def _measure(name: str, batch_size: int, steps: int) -> dict:
+    """Training and inference images/s of one registered network at its native input size."""
+    import resource
+
+    from architectures import count_params, create_model, model_info
+    from experiments.zoo import multiply_adds
+
+    info = model_info(name)
+    net = create_model(name, num_classes=info.num_classes)
+    images = torch.randn(batch_size, *info.input_size)
+    labels = torch.randint(0, info.num_classes, (batch_size,))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+
+    def train_step() -> None:
+        out = net(images)
+        loss = F.cross_entropy(out.logits if hasattr(out, "logits") else out, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def infer_step() -> None:
+        with torch.inference_mode():
+            net(images)
+
+    timings = {}
+    for label, step, mode in (("train", train_step, net.train), ("infer", infer_step, net.eval)):
+        mode()
+        step()  # warm-up: allocator, lazy init
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        timings[label] = steps * batch_size / (time.perf_counter() - start)
+    macs = multiply_adds(name)
+    return {"network": name, "params": count_params(net), "macs": macs,
+            "train_img_s": timings["train"], "infer_img_s": timings["infer"],
+            "train_gflops": 6 * macs * timings["train"] / 1e9,  # forward 2 + backward 4 FLOPs per MAC
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bench_throughput(args: argparse.Namespace) -> dict:
+    """Training and inference images/s and peak memory per registered network, native input size."""
+    from architectures import list_models
+
+    rows = [_measure(name, args.batch_size, args.steps) for name in list_models(args.pattern)]
+    return {"benchmark": "throughput", "machine": machine(), "batch_size": args.batch_size, "steps": args.steps,
+            "rows": rows, "note": "CPU only; peak RSS is the process high-water mark so far"}
+
+
+def markdown(result: dict) -> str:
+    rows = result["rows"]
+    if not rows:
+        return "no rows"
+    columns = [key for key in rows[0] if not key.startswith("runs_")]
+    lines = [f"### {result['benchmark']} — {result['machine']}", "",
+             "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        cells = [f"{row[c]:,.3f}" if isinstance(row[c], float) and abs(row[c]) < 10 else
+                 f"{row[c]:,.0f}" if isinstance(row[c], (int, float)) else str(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ablate bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="which", required=True)
+    overhead = sub.add_parser("overhead", help="ablate fit vs a plain PyTorch loop")
+    overhead.add_argument("--networks", default="resnet20,all_cnn_c")
+    overhead.add_argument("--steps", type=int, default=60)
+    overhead.add_argument("--warmup", type=int, default=10)
+    overhead.add_argument("--repeats", type=int, default=3)
+    overhead.add_argument("--batch-size", type=int, default=128)
+    overhead.add_argument("--data-dir", type=Path, default=None)
+    throughput = sub.add_parser("throughput", help="train/inference images/s per architecture")
+    throughput.add_argument("--pattern", default="*")
+    throughput.add_argument("--batch-size", type=int, default=8)
+    throughput.add_argument("--steps", type=int, default=2)
+    data = sub.add_parser("data", help="loader images/s vs training images/s (experiments/bench_data.py)")
+    data.add_argument("rest", nargs=argparse.REMAINDER)
+    for sp in (overhead, throughput):
+        sp.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.which == "data":
+        from experiments import bench_data
+
+        bench_data.main(args.rest)
+        return 0
+    result = {"overhead": bench_overhead, "throughput": bench_throughput}[args.which](args)
+    print(markdown(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
