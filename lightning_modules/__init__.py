@@ -1,4 +1,10 @@
-"""The generic LightningModule every architecture is trained through."""
+"""The generic LightningModule every architecture is trained through.
+
+Its training-recipe parts live beside it and are named by their full path in configs:
+``lightning_modules.schedules`` (warm-up, multi-step, cosine), ``lightning_modules.prediction_writer``
+(``ablate predict`` to CSV), ``lightning_modules.transfer`` (weights, freezing),
+``lightning_modules.param_groups`` and ``lightning_modules.evaluation``.
+"""
 
 from lightning_modules.classifier import ImageClassifier, NonFiniteLossError
 

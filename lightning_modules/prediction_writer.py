@@ -1,0 +1,98 @@
+"""``ablate predict`` to a CSV file: one row per image with its predicted class and probability.
+
+Add it with ``--config experiments/presets/predict_csv.yaml`` after the experiment's config. Rows
+carry the image's index in the predict dataset and, when the dataset knows its files (ImageNet-style
+folders: ``samples``), the file path; the class name comes from the data module's ``classes``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.utilities import rank_zero_info
+
+from lightning_modules.evaluation import class_names
+
+
+def _file_of(dataset: object, index: int) -> str:
+    samples = getattr(dataset, "samples", None) or getattr(dataset, "imgs", None)
+    if samples is not None:
+        return str(samples[index][0])
+    files = getattr(dataset, "files", None)
+    return str(files[index]) if files is not None else ""
+
+
+class CSVPredictionWriter(BasePredictionWriter):
+    """Writes ``index, file, class_index, class, probability`` for every predicted image.
+
+    Args:
+        path: CSV file to write; None writes ``predictions.csv`` into the run folder
+            (``trainer.log_dir``, else ``trainer.default_root_dir``). Under DDP each process
+            writes its own file, suffixed ``.rank<N>``.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.path = path
+        self._file = None
+        self._writer = None
+        self._names: list[str] = []
+        self._datasets: Sequence[object] = ()
+        self._seen: dict[int, int] = {}
+        self.written: Path | None = None
+
+    def _resolve_path(self, trainer: pl.Trainer) -> Path:
+        path = Path(self.path) if self.path else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv"
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.name}.rank{trainer.global_rank}")
+        return path
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.written = self._resolve_path(trainer)
+        self.written.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.written.open("w", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(["index", "file", "class_index", "class", "probability"])
+        self._names = class_names(trainer.datamodule, pl_module.num_classes)
+        loaders = trainer.predict_dataloaders
+        loaders = loaders if isinstance(loaders, Sequence) else [loaders]
+        self._datasets = [getattr(loader, "dataset", None) for loader in loaders]
+        self._seen = {}
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        classes = prediction["prediction"].tolist()
+        probabilities = prediction["probability"].float().tolist()
+        start = self._seen.get(dataloader_idx, 0)
+        self._seen[dataloader_idx] = start + len(classes)
+        if batch_indices is None:  # iterable datasets: the position in the stream
+            batch_indices = range(start, start + len(classes))
+        dataset = self._datasets[dataloader_idx] if dataloader_idx < len(self._datasets) else None
+        for index, label, probability in zip(batch_indices, classes, probabilities, strict=True):
+            self._writer.writerow(
+                [index, _file_of(dataset, index), label, self._names[label], f"{probability:.6f}"]
+            )
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            rank_zero_info(f"predictions written to {self.written}")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,134 @@
+"""Transfer learning: start from saved weights, freeze part of the network, find its head.
+
+Weights come from a local state-dict file in torchvision's layout (the zoo's torchvision-layout
+networks share its keys: ``alexnet``, ``vgg*``, ``resnet*``, ``densenet*``, ...), from one of our
+own Lightning checkpoints (its ``network.`` keys), or from a torchvision weights name such as
+``"AlexNet_Weights.IMAGENET1K_V1"`` (downloaded through torch.hub where the network allows; see
+``architectures.pretrained`` for the registered builders' own ``pretrained`` argument, which
+also knows the legacy DenseNet keys). Files are read with ``torch.load(weights_only=True)``, which
+cannot execute code from the file.
+
+The networks are built with the data's ``num_classes``, so a checkpoint's head of another width
+does not fit: ``load_weights`` then leaves the new head freshly initialised and says so, the
+"replace the last layer" step of fine-tuning.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+
+from lightning_modules.param_groups import check_prefixes, matches
+
+
+def head_name(network: nn.Module) -> str:
+    """The last module owning parameters: the classifier of every zoo network (``fc``,
+    ``classifier.6``, ``classifier.1``, ...)."""
+    owners = [name for name, module in network.named_modules() if any(True for _ in module.parameters(recurse=False))]
+    if not owners:
+        raise ValueError(f"{type(network).__name__} has no parameters")
+    return owners[-1]
+
+
+def read_state_dict(source: str) -> dict[str, torch.Tensor]:
+    """A state dict from a file (plain, ``{"state_dict": ...}`` or a Lightning checkpoint of this
+    classifier) or a torchvision weights name like ``"ResNet18_Weights.IMAGENET1K_V1"``."""
+    if os.path.isfile(source):
+        state = torch.load(source, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        if state and all(key.startswith("network.") for key in state if not key.startswith("ema_network.")):
+            state = {key.removeprefix("network."): value for key, value in state.items() if key.startswith("network.")}
+        return state
+    if "_Weights." not in source:
+        raise FileNotFoundError(
+            f"weights {source!r}: no such file, and not a torchvision weights name like 'AlexNet_Weights.IMAGENET1K_V1'"
+        )
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_weight(source)
+    except (ValueError, KeyError, AttributeError) as error:
+        raise ValueError(f"weights {source!r} is not a torchvision weights name ({error})") from None
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except OSError as error:  # URLError, timeouts, refused connections
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+        raise RuntimeError(
+            f"could not download {source} from {weights.url} ({error}). Offline? Fetch the file elsewhere and "
+            f"pass its path as `weights`, or put it in {cache}/."
+        ) from error
+
+
+def load_weights(network: nn.Module, source: str, skip_mismatched_head: bool = True) -> list[str]:
+    """Load ``source`` into ``network`` in place; returns the checkpoint keys left out.
+
+    Args:
+        network: The network to fill (e.g. built with the new data's ``num_classes``).
+        source: A state-dict file or a torchvision weights name (see ``read_state_dict``).
+        skip_mismatched_head: Leave the head's parameters freshly initialised when their shapes
+            differ from the checkpoint's (another ``num_classes``), with a log line naming them;
+            False makes any shape difference an error.
+
+    Raises:
+        ValueError: Shapes differ outside the head (or anywhere, without ``skip_mismatched_head``),
+            or keys are missing or unexpected.
+    """
+    state = read_state_dict(source)
+    own = network.state_dict()
+    mismatched = [key for key, value in state.items() if key in own and own[key].shape != value.shape]
+    head = head_name(network)
+    outside_head = [key for key in mismatched if not matches(key, head)]
+    if outside_head or (mismatched and not skip_mismatched_head):
+        shapes = ", ".join(f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in mismatched[:4])
+        hint = "" if outside_head else "; pass skip_mismatched_head=True to start a new head"
+        raise ValueError(f"{source} does not fit {type(network).__name__} (checkpoint vs network: {shapes}){hint}")
+    if mismatched:
+        shapes = ", ".join(f"{key} {tuple(state[key].shape)} -> {tuple(own[key].shape)}" for key in mismatched)
+        rank_zero_info(f"load_weights: new head {head!r}, not loaded from {source} (shapes differ: {shapes})")
+    kept = OrderedDict((key, value) for key, value in state.items() if key not in mismatched)
+    if hasattr(state, "_metadata"):  # per-module versions: BatchNorm loads by them
+        kept._metadata = state._metadata
+    result = network.load_state_dict(kept, strict=False)
+    missing = [key for key in result.missing_keys if key not in mismatched]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{source} does not match {type(network).__name__}: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    rank_zero_info(f"load_weights: {len(kept)} tensors loaded into {type(network).__name__} from {source}")
+    return mismatched
+
+
+def freeze(network: nn.Module, prefixes: Iterable[str]) -> list[str]:
+    """Set ``requires_grad=False`` on every parameter under one of ``prefixes``; returns their names.
+
+    Args:
+        network: The network.
+        prefixes: Parameter-name prefixes or module names, e.g. ``["features"]`` for AlexNet's
+            convolutions, ``["conv1", "bn1", "layer1"]`` for a ResNet's first stage; ``""`` is
+            the whole network.
+    """
+    prefixes = list(prefixes)
+    check_prefixes(network, prefixes, "freeze")
+    frozen = []
+    for name, param in network.named_parameters():
+        if any(matches(name, prefix) for prefix in prefixes):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def frozen_norm_layers(network: nn.Module, prefixes: Iterable[str]) -> list[str]:
+    """Names of the batch-norm layers under ``prefixes``: kept in eval mode so their running
+    statistics stay the checkpoint's (``freeze_bn_stats``)."""
+    prefixes = list(prefixes)
+    return [
+        name
+        for name, module in network.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(matches(name, p) for p in prefixes)
+    ]
