@@ -1,13 +1,31 @@
-"""Loggers with the defaults this template wants."""
+"""Loggers with the defaults this template wants.
+
+W&B with LightningCLI logs every hyper-parameter twice unless told otherwise (Lightning issue
+19728): the CLI's resolved config never reaches W&B, and ``save_hyperparameters`` sends the
+module's init arguments flat to the root of the run config. Here the full resolved config goes to
+the W&B run config once (``SaveConfigToWandb``, the CLI's save-config callback) and
+``WandbLogger.log_hyperparams`` then adds only the keys that config does not already hold
+(``model/params`` and the like), so each hyper-parameter has exactly one place on the dashboard.
+"""
 
 from __future__ import annotations
 
 import netrc
 import os
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import yaml
+from lightning_fabric.utilities.logger import _convert_json_serializable, _convert_params, _sanitize_callable_params
+from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+# Summaries that are not the last logged value: the best validation accuracy is the run's maximum,
+# also when a run resumed into the same W&B run (`id=...`) starts its running maximum afresh
+# (torchmetrics states are not checkpointed).
+SUMMARIES = {"val/acc_best": "max"}
 
 
 def wandb_credentials_available() -> bool:
@@ -29,13 +47,15 @@ class WandbLogger(_LightningWandbLogger):
     """Lightning's W&B logger, offline automatically when no credentials are configured.
 
     Offline runs are written under ``<save_dir>/wandb/`` and can be uploaded later with
-    ``wandb sync <save_dir>/wandb/offline-run-*``.
+    ``wandb sync <save_dir>/wandb/offline-run-*``. ``val/acc_best`` is summarised as its maximum
+    (``SUMMARIES``). With ``SaveConfigToWandb`` (what ``ablate`` uses) the run config is the full
+    resolved config, and a name and tags left unset are derived from it.
 
     Args:
         project: W&B project.
-        name: Run name shown on the dashboard (e.g. arm and seed).
-        group: Run group (e.g. the study).
-        tags: Run tags.
+        name: Run name shown on the dashboard (e.g. arm and seed); unset: ``<network>-seed<seed>``.
+        group: Run group (e.g. the study and tier).
+        tags: Run tags; unset: the network and the data module.
         save_dir: Local directory for W&B files.
         offline: Force offline (True) or online (False); None decides from the credentials
             (``$WANDB_MODE`` still wins when set).
@@ -67,6 +87,69 @@ class WandbLogger(_LightningWandbLogger):
             log_model=log_model,
             **kwargs,
         )
+        self._tags = tags
+        self._config_keys: set[str] | None = None  # init arguments the full config already holds
+
+    @property
+    def experiment(self) -> Any:
+        """The W&B run (a no-op stand-in on ranks other than 0), with this template's summaries defined."""
+        run = super().experiment
+        if rank_zero_only.rank == 0 and not getattr(self, "_summaries_defined", False):
+            for key, summary in SUMMARIES.items():
+                run.define_metric(key, step_metric="trainer/global_step", summary=summary)
+            self._summaries_defined = True
+        return run
+
+    @rank_zero_only
+    def log_config(self, config: dict[str, Any]) -> None:
+        """Log the full resolved config (as ``config.yaml`` holds it) to the run config, once per run.
+
+        A run name and tags not given to the logger are derived from it (W&B allows both to change
+        after the run started; its group does not, so the group is whatever the logger was given).
+
+        Args:
+            config: The CLI's resolved config as plain data.
+        """
+        model = config.get("model") if isinstance(config.get("model"), dict) else {}
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
+        network = model.get("network") if isinstance(model.get("network"), dict) else {}
+        network_name = (network.get("init_args") or {}).get("name") or str(network.get("class_path", "model"))
+        network_name = network_name.rsplit(".", 1)[-1]
+        run = self.experiment
+        if self._wandb_init.get("name") is None:
+            run.name = f"{network_name}-seed{config.get('seed_everything')}"
+        if self._tags is None:
+            data_name = str(data.get("class_path", "")).rsplit(".", 1)[-1]
+            run.tags = tuple(tag for tag in (network_name, data_name) if tag)
+        # Module and data-module init arguments as LightningCLI resolved them: what save_hyperparameters
+        # would otherwise log a second time, flat at the root of the run config.
+        self._config_keys = set(model.get("init_args", model)) | set(data.get("init_args") or {})
+        run.config.update(config, allow_val_change=True)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        """Add hyper-parameters to the run config, leaving out those the full config already holds."""
+        params = _convert_json_serializable(_sanitize_callable_params(_convert_params(params)))
+        if self._config_keys is not None:
+            # `_instantiator` / `_class_path` are LightningCLI's bookkeeping, not hyper-parameters.
+            params = {k: v for k, v in params.items() if k not in self._config_keys and not k.startswith("_")}
+        if params:
+            self.experiment.config.update(params, allow_val_change=True)
+
+
+class SaveConfigToWandb(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` writer that also logs the resolved config to every W&B logger.
+
+    Runs once per process on global rank 0 (``SaveConfigCallback.setup``), before Lightning logs the
+    module's hyper-parameters, so ``WandbLogger.log_hyperparams`` knows what to leave out.
+    """
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb_loggers:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in wandb_loggers:
+                logger.log_config(config)
 
 
 _WANDB_HEADER = 7  # ":W&B", a 2-byte magic and a version byte
@@ -106,7 +189,8 @@ def read_wandb_run(run_dir: str | Path) -> dict[str, Any]:
         run_dir: A ``wandb/offline-run-*`` (or ``run-*``) directory.
 
     Returns:
-        ``{"config": {...}, "history": [{...}, ...], "summary": {...}}`` with JSON-decoded values.
+        ``{"config": {...}, "history": [{...}, ...], "summary": {...}, "run": {...}}`` with JSON-decoded
+        values; ``run`` holds the run's ``name``, ``group`` and ``tags`` as last set.
     """
     import json
 
@@ -118,6 +202,7 @@ def read_wandb_run(run_dir: str | Path) -> dict[str, Any]:
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    run: dict[str, Any] = {"name": None, "group": None, "tags": []}
 
     def key_of(item) -> str:
         return item.key or "/".join(item.nested_key)
@@ -126,12 +211,16 @@ def read_wandb_run(run_dir: str | Path) -> dict[str, Any]:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
-        if kind == "run":  # wandb.init(config=...) arrives inside the run record
+        if kind == "run":  # wandb.init(config=...) arrives inside the run record; later ones rename or re-tag
             config.update({key_of(item): json.loads(item.value_json) for item in record.run.config.update})
+            for field, value in (("name", record.run.display_name), ("group", record.run.run_group),
+                                 ("tags", list(record.run.tags))):
+                if value:
+                    run[field] = value
         elif kind == "config":
             config.update({key_of(item): json.loads(item.value_json) for item in record.config.update})
         elif kind == "history":
             history.append({key_of(item): json.loads(item.value_json) for item in record.history.item})
         elif kind == "summary":
             summary.update({key_of(item): json.loads(item.value_json) for item in record.summary.update})
-    return {"config": config, "history": history, "summary": summary}
+    return {"config": config, "history": history, "summary": summary, "run": run}
