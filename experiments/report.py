@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -181,7 +182,7 @@ def push_to_wandb(study: Study, tier: str, rows: list[dict], png: Path) -> None:
 
     from lightning_modules.loggers import wandb_credentials_available
 
-    mode = "online" if wandb_credentials_available() else "offline"
+    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
     run = wandb.init(project="cnn-ablations", group=f"{study.name}-{tier}", job_type="report",
                      name=f"report-{study.name}-{tier}", mode=mode, dir=str(png.parent))
     columns = ["arm", "paper", "mean", "std", "median", "n", "failed"]

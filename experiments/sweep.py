@@ -158,10 +158,21 @@ def command(run: PlannedRun, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "experiments.cli", "fit",
            "--config", str(run.study.base), "--config", str(run.arm.config),
            "--config", str(run.directory / "run.yaml"), *run.grid_args, "--test_after_fit", "true", *extra]
-    last = run.directory / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        cmd += ["--ckpt_path", str(last)]
+    resume = resume_checkpoint(run.directory)
+    if resume is not None:
+        cmd += ["--ckpt_path", str(resume)]
     return cmd
+
+
+def resume_checkpoint(directory: Path) -> Path | None:
+    """The newest of the run's ``last.ckpt`` and SLURM's pre-emption ``hpc_ckpt_*.ckpt``.
+
+    An explicit ``--ckpt_path`` beats Lightning's own HPC resume, so the runner must pick the
+    newer one itself or a requeued task would restart from its last validation checkpoint.
+    """
+    candidates = [p for p in (directory / "checkpoints" / "last.ckpt", *directory.glob("hpc_ckpt_*.ckpt"))
+                  if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
 def read_metrics(directory: Path) -> dict[str, float]:
