@@ -256,6 +256,10 @@ def make_shortcut(
     name: str, in_chs: int, out_chs: int, stride: int, downsample: str = "B", **shortcut_args
 ) -> nn.Module:
     """Build shortcut ``name``; where the unit changes shape its skip path is ``downsample``."""
+    if name not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut {name!r}; choose one of {', '.join(SHORTCUTS)}")
+    if downsample not in DOWNSAMPLES:
+        raise ValueError(f"unknown downsample {downsample!r}; choose one of {', '.join(DOWNSAMPLES)}")
     reshapes = stride != 1 or in_chs != out_chs
     skip = nn.Sequential(*DOWNSAMPLES[downsample](in_chs, out_chs, stride)) if reshapes else nn.Sequential()
     return SHORTCUTS[name](skip, in_chs, out_chs, stride, **shortcut_args)

@@ -29,6 +29,10 @@ TOOLS: dict[str, str] = {
     "report": "experiments.report:main",
     "slurm": "experiments.slurm:main",
     "bench": "experiments.bench:main",
+    "landscape": "experiments.analysis.landscape:main",
+    "lesion": "experiments.analysis.lesion:main",
+    "shapes": "experiments.analysis.shapes:main",
+    "visualize": "experiments.analysis.visualize:main",
 }
 
 
@@ -58,6 +62,24 @@ class AblateCLI(LightningCLI):
         trainer = super()._instantiate_trainer(config, callbacks)
         _align_logger_versions(trainer.loggers)
         return trainer
+
+    # --- Reliability (issue #8; lightning_modules/reliability.py, README "Reliability") ---------
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # Before Lightning reads the checkpoint's hyper-parameters: weights_only defaults to True,
+        # `--ckpt_path last` finds the newest last.ckpt (and fit logs into its version_N), the
+        # checkpoint is loaded safely, and a missing data module or a learning rate of 0 is refused.
+        from lightning_modules import reliability
+
+        super().parse_arguments(parser, args)
+        self._checkpoint = reliability.prepare_run(self.config)
+
+    def after_instantiate_classes(self) -> None:
+        # num_classes/in_chans given but contradicting the data; a checkpoint of another network.
+        from lightning_modules import reliability
+
+        reliability.check_run(self, getattr(self, "_checkpoint", None))
+        self._checkpoint = None  # not kept in memory through training
+    # --- end Reliability ------------------------------------------------------------------------
 
 
     def after_fit(self) -> None:
@@ -94,10 +116,12 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Ablate
     # Deferred so `ablate zoo` and `--help` of the tools do not pay for Lightning's import.
     from lightning_modules.classifier import ImageClassifier
     from lightning_modules.loggers import SaveConfigToWandb  # config.yaml, plus the W&B run config once
+    from lightning_modules.reliability import ConfigErrorParser  # parse errors end with one line (issue #8)
 
     defaults = {"default_config_files": [str(PRESETS / "defaults.yaml")]}
     return AblateCLI(
         ImageClassifier,
+        parser_class=ConfigErrorParser,
         subclass_mode_model=False,
         subclass_mode_data=True,
         parser_kwargs=(
@@ -138,10 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ablate: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as stop:  # Reliability (issue #8): a SIGTERM stop must not exit 0 like a finished run
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if not isinstance(stop, SIGTERMException):
+            raise
+        if stop.code is None:
+            print("ablate: interrupted by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
+        return int(stop.code or 143)
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into an exit status
         if os.environ.get("ABLATE_DEBUG") or not isinstance(error, _user_error_types()):
             traceback.print_exc()
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        if "\n" in message.strip():  # Reliability (issue #8): the last line names the problem, alone
+            from lightning_modules.reliability import condense_parser_error
+
+            message = condense_parser_error(message)
         print(f"ablate: error: {type(error).__name__}: {message}", file=sys.stderr)
         return 1
 

@@ -16,6 +16,7 @@ does not fit: ``load_weights`` then leaves the new head freshly initialised and 
 from __future__ import annotations
 
 import os
+import pickle
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -39,7 +40,12 @@ def read_state_dict(source: str) -> dict[str, torch.Tensor]:
     """A state dict from a file (plain, ``{"state_dict": ...}`` or a Lightning checkpoint of this
     classifier) or a torchvision weights name like ``"ResNet18_Weights.IMAGENET1K_V1"``."""
     if os.path.isfile(source):
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:  # weights_only refused a non-tensor object
+            raise ValueError(f"weights file {source} holds objects other than tensors; refused ({error})") from None
+        except (RuntimeError, EOFError, OSError) as error:
+            raise ValueError(f"weights file {source} is truncated or corrupt ({error})") from None
         state = state.get("state_dict", state)
         if state and all(key.startswith("network.") for key in state if not key.startswith("ema_network.")):
             state = {key.removeprefix("network."): value for key, value in state.items() if key.startswith("network.")}
