@@ -62,7 +62,8 @@ class SparseConv(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(len(in_maps), 1, kernel_size) for in_maps in table)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([conv(x[:, list(in_maps)]) for conv, in_maps in zip(self.convs, self.table, strict=True)], dim=1)
+        maps = [conv(x[:, list(in_maps)]) for conv, in_maps in zip(self.convs, self.table, strict=True)]
+        return torch.cat(maps, dim=1)
 
 
 POOLS = {
