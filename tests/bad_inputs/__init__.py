@@ -72,7 +72,8 @@ CASES: list[Case] = [
     Case("knob-unknown-value", FIT + " --model.network=architectures.resnet.ResNet"
          " --model.network.init_args.shortcut=bogus", "Parser key \"shortcut\""),
     Case("knob-unknown-value-in-overrides", FIT + " --model.network.init_args.name=resnet20"
-         " --model.network.init_args.overrides='{\"shortcut\": \"bogus\"}'", "unknown shortcut 'bogus'"),
+         " --model.network.init_args.overrides='{\"shortcut\": \"bogus\"}'",
+         "ValueError: unknown shortcut 'bogus'; choose one of identity, none, scale"),
     Case("unknown-knob", f"{FIT} --model.network.init_args.overrides='{{\"bogus_knob\": 3}}'",
          "TypeError: LeNet5.__init__() got an unexpected keyword argument 'bogus_knob'"),
     Case("zero-batch-size", f"{FIT} --data.init_args.batch_size=0", "batch_size must be positive, got 0"),
@@ -108,6 +109,8 @@ CASES: list[Case] = [
          "was trained for 10 classes but this run's data has 100"),
     Case("checkpoint-last-but-none", f"{TEST} --ckpt_path=last", "no last.ckpt in this configuration's run folders"),
     Case("weights-file-truncated", f"{FIT} --model.weights={{ckpt_truncated}}", "is truncated or corrupt"),
+    Case("weights-file-malicious", f"{FIT} --model.weights={{ckpt_malicious}}",
+         "holds objects other than tensors; refused"),
     Case("non-finite-loss", f"{FIT} --model.network.init_args.name=inception_mnist --model.optimizer.init_args.lr=1e12"
          " --trainer.fast_dev_run=4", "NonFiniteLossError: non-finite training loss (nan) at global step 1"),
 ]
