@@ -216,7 +216,8 @@ def execute(run: PlannedRun, extra: list[str], wandb: bool, env: dict[str, str] 
         "started": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(),
         "duration_s": round(time.time() - started, 1),
     }
-    if process.returncode < 0 or process.returncode in (130, 143):  # killed or interrupted: resume later
+    # Killed, Ctrl-C (130), SIGTERM (143) or SIGUSR1 (138, a checkpoint-and-stop): resume later.
+    if process.returncode < 0 or process.returncode in (130, 138, 143):
         return None
     metrics = read_metrics(run.directory)
     if process.returncode == 0 and run.study.metric in metrics:

@@ -315,8 +315,7 @@ def test_ckpt_path_last_finds_the_newest_version_with_a_last_checkpoint(tmp_path
     assert find_last_checkpoint(explicit) == (sweep_style / "last.ckpt", None)
 
 
-@pytest.mark.parametrize("code", [143, 130, pytest.param(138, marks=pytest.mark.xfail(
-    strict=True, reason="experiments/sweep.py treats 130, 143 and signals as interrupted, not yet 138 (SIGUSR1)"))])
+@pytest.mark.parametrize("code", [143, 130, 138])
 def test_the_sweep_resumes_a_run_stopped_by_a_signal_later(code: int, tmp_path: Path, monkeypatch) -> None:
     """`ablate fit` stopped by SIGTERM exits 143 (SIGUSR1: 138, Ctrl-C: 130): no result is recorded,
     so the next `ablate sweep` runs it again from its last.ckpt."""
