@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.batch_augment import BatchMix, apply_per_sample, random_erasing, single_thread_on_cpu
-from datamodules.samplers import eval_sampler
+from datamodules.samplers import split_loader
 
 
 def default_data_dir() -> str:
@@ -270,12 +270,10 @@ class InMemoryImageDataModule(ImageDataModule):
     def _loader(self, dataset: TensorImageDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() must run before the dataloaders are requested")
-        return DataLoader(
+        return split_loader(
             dataset,
+            shuffle,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            # Under DDP, evaluation splits without padding so each image counts once (samplers.py).
-            sampler=None if shuffle else eval_sampler(dataset),
             num_workers=self.num_workers,
             collate_fn=_keep_batch,
             persistent_workers=self.num_workers > 0,

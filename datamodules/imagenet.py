@@ -48,7 +48,7 @@ from datamodules.base import (
 )
 from datamodules.image_folder import CorruptImageError, find_classes, read_image, scan_split
 from datamodules.presets import ImageNetPreset, imagenet_eval_transform, imagenet_train_transform
-from datamodules.samplers import eval_sampler
+from datamodules.samplers import split_loader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -251,12 +251,10 @@ class ImageNetDataModule(ImageDataModule):
     def _loader(self, dataset: ImageFileDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() must run before the dataloaders are requested")
-        return DataLoader(
+        return split_loader(
             dataset,
+            shuffle,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            # Under DDP, evaluation splits without padding so each image counts once (samplers.py).
-            sampler=None if shuffle else eval_sampler(dataset),
             num_workers=self.num_workers,
             collate_fn=collate_skip_none,
             pin_memory=self.pin_memory and torch.cuda.is_available(),

@@ -172,7 +172,9 @@ def plot(study: Study, tier: str, rows: list[dict], path: Path) -> None:
         ax.set_ylim(0, min(100, max(finite) * 1.15 + 1))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=130, format="png")  # then rename: a reader never sees half a chart
+    tmp.replace(path)
     plt.close(fig)
 
 

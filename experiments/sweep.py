@@ -78,8 +78,11 @@ def plan(study: Study, tier: str, seeds: int, out: Path, only=None, exclude=None
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write then rename, so a reader never sees half a file and a crash leaves the old one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when writing failed
 
 
 def read_result(directory: Path) -> dict | None:

@@ -201,6 +201,7 @@ class ImageClassifier(pl.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes) if confusion_matrix else None
         self._ema_step = 0
         self._weights_loaded = False
+        self._restored_best: torch.Tensor | None = None  # val_acc_best of a checkpoint being resumed
         self.train()
 
     # ----- forward passes --------------------------------------------------------------------
@@ -326,8 +327,19 @@ class ImageClassifier(pl.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def on_train_start(self) -> None:
-        # The sanity check's numbers must not count towards the best validation accuracy.
+        # The sanity check's numbers must not count towards the best validation accuracy; a
+        # resumed run starts from the best its checkpoint recorded.
         self.val_acc_best.reset()
+        if self._restored_best is not None:
+            self.val_acc_best.update(self._restored_best)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A metric's state is not in the state dict: keep the running best with the checkpoint.
+        checkpoint["val_acc_best"] = self.val_acc_best.max_value.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        best = checkpoint.get("val_acc_best")
+        self._restored_best = best if best is not None and torch.isfinite(best) else None
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.shared_step(batch, "test")

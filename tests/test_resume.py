@@ -176,8 +176,6 @@ def test_resume_after_sigkill_at_an_epoch_boundary_is_exact(killed_at_epoch_end,
     assert resumed == expected[killed_at:], "the resumed epochs draw the same shuffles as the uninterrupted run"
 
 
-@pytest.mark.xfail(strict=True, reason="lightning_modules/classifier.py: the running best (a MaxMetric) is not in "
-                   "checkpoints and on_train_start resets it (fix in the issue #8 report)")
 def test_best_validation_accuracy_counts_the_epochs_before_a_resume(killed_at_epoch_end, data_dir: Path,
                                                                    tmp_path: Path) -> None:
     """Resumed against a copy of the data whose validation labels are all wrong, val/acc drops to
@@ -253,8 +251,6 @@ def test_resume_mid_epoch_continues_the_steps_and_the_epoch(sigterm_run: dict, s
     assert [int(r["epoch"]) for r in rows if r.get("val/acc")] == list(range(EPOCHS)), "one validation per epoch"
 
 
-@pytest.mark.xfail(strict=True, reason="needs a resumable shuffle in datamodules/base.py (see the issue #8 "
-                   "report): the stock RandomSampler draws a new order for the rest of the interrupted epoch")
 def test_resume_mid_epoch_trains_on_the_uninterrupted_batches(sigterm_resumed: Path, reference: Path) -> None:
     (expected,) = batch_log(reference)
     _, resumed = batch_log(sigterm_resumed)

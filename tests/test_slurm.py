@@ -152,6 +152,10 @@ def test_lightning_derives_world_and_ranks_from_the_job(tmp_path: Path, monkeypa
     """The generated layout, under the variables srun would set, gives Lightning the right ranks."""
     import pytorch_lightning as pl
     from lightning_fabric.plugins.environments import SLURMEnvironment
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    # Building a Trainer sets the process-wide rank-zero flag; put it back for the tests that follow.
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
 
     script = _render(["--config", str(REPO / "experiments" / "quickstart.yaml"), "--nodes", "4",
                       "--gpus-per-node", "8"], tmp_path)
