@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ablate: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ablate zoo | head`: the reader left; stop quietly (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except SystemExit as stop:  # Reliability (issue #8): a SIGTERM stop must not exit 0 like a finished run
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 

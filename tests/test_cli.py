@@ -101,3 +101,21 @@ def test_missing_dataset_fails_with_the_expected_layout(tmp_path: Path) -> None:
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ablate: error: DataNotFoundError: MNIST not found")
     assert "train-images-idx3-ubyte" in last_line
+
+
+def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    """`ablate zoo | head -1`: once the reader has gone, no traceback and no "Exception ignored"."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run([sys.executable, "-m", "experiments.cli", "zoo", "--no-macs"], cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
