@@ -186,7 +186,7 @@ def push_to_wandb(study: Study, tier: str, rows: list[dict], png: Path) -> None:
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
     run = wandb.init(project="cnn-ablations", group=f"{study.name}-{tier}", job_type="report",
-                     name=f"report-{study.name}-{tier}", mode=mode, dir=str(png.parent))
+                     name=f"report-{study.name}-{tier}", mode=mode, dir=str(png.parent.resolve()))
     columns = ["arm", "paper", "mean", "std", "median", "n", "failed"]
     table = wandb.Table(columns=columns,
                         data=[[row["label"], _paper(row["paper"]), row["mean"], row["std"], row["median"], row["n"],

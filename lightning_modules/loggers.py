@@ -76,6 +76,9 @@ class WandbLogger(_LightningWandbLogger):
     ) -> None:
         if offline is None:
             offline = os.environ.get("WANDB_MODE") != "online" and not wandb_credentials_available()
+        # Absolute: a process started under another W&B process ($WANDB_SERVICE) logs through that
+        # process's service, which would resolve a relative folder against its own working directory.
+        save_dir = str(Path(save_dir).resolve())
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(
             project=project,

@@ -37,6 +37,13 @@ def write_synthetic_mnist(root: Path, n_train: int = 600, n_test: int = 200, see
     return root
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that starts W&B in this process sets $WANDB_SERVICE; every ``ablate`` subprocess after it
+    would then log through that service instead of its own. Unset after each test."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 @pytest.fixture
 def synthetic_mnist(tmp_path: Path) -> Path:
     return write_synthetic_mnist(tmp_path / "data")

@@ -164,7 +164,7 @@ def log_to_wandb(pictures: dict[str, Path], summary: dict[str, Any], out: Path, 
     from lightning_modules.loggers import wandb_credentials_available
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
-    run = wandb.init(project=project, name=name, job_type="analysis", dir=str(out), mode=mode,
+    run = wandb.init(project=project, name=name, job_type="analysis", dir=str(Path(out).resolve()), mode=mode,
                      config=common.plain(summary), reinit="finish_previous")
     try:
         run.log({f"visualize/{key}": wandb.Image(str(path)) for key, path in pictures.items()})
