@@ -13,6 +13,7 @@ sides alike. Figures print as Markdown and, with ``--json FILE``, as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from experiments import bench_time_to_acc
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
@@ -41,7 +44,7 @@ def cifar_datamodule(data_dir: Path | None, batch_size: int):
     if data_dir is None:
         data_dir = REAL_CIFAR if REAL_CIFAR.is_dir() else write_cifar10_pickles(
             Path(tempfile.mkdtemp()), per_batch=2000, num_test=1000)
-    dm = CIFAR10DataModule(str(data_dir), batch_size=batch_size, augment="standard", download=False)
+    dm = CIFAR10DataModule(str(data_dir), batch_size=batch_size, val_size=0, augment="standard", download=False)
     dm.prepare_data()
     dm.setup("fit")
     return dm, data_dir
@@ -71,7 +74,7 @@ def plain_loop(net_name: str, dm, steps: int, warmup: int, seed: int) -> float:
     from architectures import create_model
 
     torch.manual_seed(seed)
-    net = create_model(net_name, num_classes=10).train()
+    net = create_model(net_name, num_classes=10, in_chans=3).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     timer = _StepTimer(warmup)
     loader = dm.train_dataloader()
@@ -107,6 +110,7 @@ def project_fit(net_name: str, data_dir: Path, batch_size: int, steps: int, warm
             '{"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4}}',
             "--data=datamodules.CIFAR10DataModule", f"--data.init_args.data_dir={data_dir}",
             f"--data.init_args.batch_size={batch_size}", "--data.init_args.download=false",
+            "--data.init_args.val_size=0",
             f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
             "--trainer.num_sanity_val_steps=0", "--trainer.accelerator=cpu", "--trainer.devices=1",
             f"--trainer.default_root_dir={workdir}", f"--seed_everything={seed}",
@@ -221,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     throughput.add_argument("--pattern", default="*")
     throughput.add_argument("--batch-size", type=int, default=8)
     throughput.add_argument("--steps", type=int, default=2)
+    time_to_acc = bench_time_to_acc.add_parser(sub)
     data = sub.add_parser("data", help="loader images/s vs training images/s (experiments/bench_data.py)")
     data.add_argument("rest", nargs=argparse.REMAINDER)
-    for sp in (overhead, throughput):
+    for sp in (overhead, throughput, time_to_acc):
+        sp.add_argument("--format", choices=("md", "json"), default="md", help="what to print")
         sp.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.which == "data":
@@ -231,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
 
         bench_data.main(args.rest)
         return 0
-    result = {"overhead": bench_overhead, "throughput": bench_throughput}[args.which](args)
-    print(markdown(result))
+    run = {"overhead": bench_overhead, "throughput": bench_throughput,
+           "time-to-acc": bench_time_to_acc.bench_time_to_acc}[args.which]
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the figures alone (e.g. into jq)
+        result = run(args)
+    print(json.dumps(result, indent=2) if args.format == "json" else markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -1,0 +1,195 @@
+"""``ablate bench time-to-acc``: training wall time until the test accuracy reaches a target.
+
+The same recipe runs twice, interleaved: through ``ablate fit`` and through the plain PyTorch
+loop a careful user would write (same network, seed, batches, augmentation, optimiser, schedule
+and loss). After every epoch both sides are evaluated by the same function on the test split
+with the clock stopped, so the figure is training time alone; a side stops at the first epoch
+whose accuracy reaches the target. The ratio is project time over plain time (1.0 = free).
+
+The recipe is ``experiments/fast_cifar10.yaml`` (ideas from airbench and
+hlb-CIFAR10, kept to what ``ablate fit`` offers): Nesterov SGD, a one-cycle schedule stepped
+per batch, label smoothing, flip + translate augmentation on uint8 batches held in memory, and
+flip test-time augmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "experiments" / "fast_cifar10.yaml"
+
+
+def recipe() -> dict:
+    """The preset's optimiser, schedule, loss and data settings as plain values."""
+    config = yaml.safe_load(RECIPE.read_text())
+    model, data = config["model"], config["data"]["init_args"]
+    return {
+        "optimizer": model["optimizer"]["init_args"],
+        "one_cycle": model["lr_scheduler"]["init_args"],
+        "label_smoothing": model["label_smoothing"],
+        "tta_flip": model["tta_flip"],
+        "batch_size": data["batch_size"],
+        "augment": data["augment"],
+        "max_shift": data["max_shift"],
+    }
+
+
+@torch.no_grad()
+def test_accuracy(network: torch.nn.Module, dm, tta_flip: bool) -> float:
+    """Top-1 accuracy on the test split; one function for both sides. Restores the train mode."""
+    was_training = network.training
+    network.eval()
+    correct = total = 0
+    for batch in dm.test_dataloader():
+        images, labels = dm.transform_batch(batch, train=False)
+        logits = network(images)
+        if tta_flip:
+            logits = logits + network(images.flip(3))
+        correct += int((logits.argmax(1) == labels).sum())
+        total += labels.numel()
+    network.train(was_training)
+    return correct / total
+
+
+class _Clock:
+    """Training seconds per epoch (evaluation excluded) and the accuracy after each epoch."""
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+        self.train_seconds: list[float] = []
+        self.accuracies: list[float] = []
+        self._start = 0.0
+
+    def epoch_start(self) -> None:
+        self._start = time.perf_counter()
+
+    def epoch_end(self, evaluate: Callable[[], float]) -> bool:
+        """Stop the clock, evaluate, and say whether the target is reached."""
+        self.train_seconds.append(time.perf_counter() - self._start)
+        self.accuracies.append(evaluate())
+        return self.accuracies[-1] >= self.target
+
+    def result(self) -> dict:
+        reached = next((i for i, acc in enumerate(self.accuracies) if acc >= self.target), None)
+        return {"reached": reached is not None,
+                "epochs": None if reached is None else reached + 1,
+                "seconds": sum(self.train_seconds) if reached is None else sum(self.train_seconds[:reached + 1]),
+                "best_acc": max(self.accuracies, default=0.0), "accuracies": self.accuracies}
+
+
+def cifar_data(data_dir: Path, r: dict, seed: int):
+    from datamodules import CIFAR10DataModule
+
+    dm = CIFAR10DataModule(str(data_dir), batch_size=r["batch_size"], val_size=0, augment=r["augment"],
+                           max_shift=r["max_shift"], download=False, seed=seed)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    return dm
+
+
+def plain_side(network: str, data_dir: Path, epochs: int, target: float, seed: int) -> dict:
+    """The recipe by hand: the loop, optimiser, schedule and loss written out in plain PyTorch."""
+    from architectures import create_model
+
+    r = recipe()
+    torch.manual_seed(seed)
+    dm = cifar_data(data_dir, r, seed)
+    net = create_model(network, num_classes=10, in_chans=3).train()
+    optimizer = torch.optim.SGD(net.parameters(), **r["optimizer"])
+    loader = dm.train_dataloader()
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, total_steps=epochs * len(loader), **r["one_cycle"])
+    clock = _Clock(target)
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)  # what Lightning does before every epoch: a new order
+        clock.epoch_start()
+        for batch in loader:
+            images, labels = dm.transform_batch(batch, train=True)
+            loss = F.cross_entropy(net(images), labels, label_smoothing=r["label_smoothing"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        if clock.epoch_end(lambda: test_accuracy(net, dm, r["tta_flip"])):
+            break
+    return clock.result()
+
+
+def project_side(network: str, data_dir: Path, epochs: int, target: float, seed: int) -> dict:
+    """The same recipe through ``ablate fit``: the preset, the CLI's defaults (loggers, checkpoints)."""
+    import pytorch_lightning as pl
+
+    from experiments.cli import run_lightning_cli
+
+    r = recipe()
+    clock = _Clock(target)
+
+    class TimeToAccuracy(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            clock.epoch_start()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            dm = trainer.datamodule
+            if clock.epoch_end(lambda: test_accuracy(pl_module.network, dm, r["tta_flip"])):
+                trainer.should_stop = True
+
+    with tempfile.TemporaryDirectory() as workdir:
+        cli = run_lightning_cli([
+            "--config", str(RECIPE),
+            f"--model.network.init_args.name={network}",
+            f"--data.init_args.data_dir={data_dir}", "--data.init_args.download=false", "--data.init_args.val_size=0",
+            f"--data.init_args.seed={seed}", f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}",
+            "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={workdir}",
+            '--trainer.logger={"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": '
+            f'{{"save_dir": "{workdir}"}}}}',
+        ], run=False)
+        cli.trainer.callbacks.append(TimeToAccuracy())
+        dm = cli.datamodule
+        dm.prepare_data()
+        dm.setup("test")  # the callback evaluates on the test split
+        cli.trainer.fit(cli.model, datamodule=dm)
+    return clock.result()
+
+
+def bench_time_to_acc(args: argparse.Namespace) -> dict:
+    from experiments.bench import REAL_CIFAR, interleaved, machine
+
+    data_dir = args.data_dir or REAL_CIFAR
+    if not (Path(data_dir) / "train").is_dir() and not (Path(data_dir) / "cifar-10-batches-py").is_dir():
+        raise FileNotFoundError(f"no CIFAR-10 under {data_dir}: give --data-dir (train/ + test/ class folders, "
+                                "or cifar-10-batches-py/)")
+    runs = interleaved({
+        "plain": lambda: plain_side(args.network, data_dir, args.epochs, args.target, args.seed),
+        "ablate": lambda: project_side(args.network, data_dir, args.epochs, args.target, args.seed),
+    }, args.repeats)
+    row: dict = {"network": args.network, "target": args.target, "epochs_budget": args.epochs}
+    for side in ("plain", "ablate"):
+        reached = [run for run in runs[side] if run["reached"]]
+        row[f"{side}_epochs"] = reached[0]["epochs"] if reached else "not reached"
+        row[f"{side}_s"] = statistics.median(run["seconds"] for run in reached) if reached else float("nan")
+        row[f"{side}_best_acc"] = max(run["best_acc"] for run in runs[side])
+    row["ratio"] = row["ablate_s"] / row["plain_s"]
+    return {"benchmark": "time-to-acc", "machine": machine(), "recipe": str(RECIPE.relative_to(REPO)),
+            "repeats": args.repeats, "rows": [row], "runs": runs}
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser("time-to-acc", help="training seconds to a CIFAR-10 test accuracy, ablate vs plain")
+    parser.add_argument("--network", default="resnet20")
+    parser.add_argument("--target", type=float, default=0.85, help="test accuracy to reach (0..1)")
+    parser.add_argument("--epochs", type=int, default=12, help="the schedule's length; a side stops at the target")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, default=None, help="CIFAR-10 (default: ../shared/data/cifar10-jpeg)")
+    return parser
