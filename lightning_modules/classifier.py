@@ -192,6 +192,7 @@ class ImageClassifier(pl.LightningModule):
         self.val_metrics = _accuracy_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = _accuracy_metrics(num_classes).clone(prefix="test/")
         self.val_acc_best = MaxMetric()
+        self.train_loss = MeanMetric()
         self.test_loss = MeanMetric()
         # Accuracy of the weights not evaluated as the model (the EMA's, or the raw ones under ema_eval).
         self.other_acc: nn.ModuleDict | None = None
@@ -285,9 +286,14 @@ class ImageClassifier(pl.LightningModule):
             self.test_loss.update(losses["loss"].detach(), weight=len(images))
             if self.test_confusion is not None:
                 self.test_confusion.update(logits.detach(), hard_targets)
+        elif stage == "train":
+            # Every step: this process's loss, unsynchronised (no all-reduce per step under DDP). Per
+            # epoch: the mean over all processes, synchronised once when the metric is computed.
+            self.log("train/loss", losses["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True)
+            self.train_loss.update(losses["loss"].detach(), weight=len(images))
+            self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         else:
-            self.log(f"{stage}/loss", losses["loss"].detach(), on_step=on_step, on_epoch=True, prog_bar=True,
-                     sync_dist=not on_step)
+            self.log("val/loss", losses["loss"].detach(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if len(losses) > 2:  # aux heads present: log every part
             for name, value in losses.items():
                 if name != "loss":
@@ -324,7 +330,7 @@ class ImageClassifier(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.val_metrics["acc"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_train_start(self) -> None:
         # The sanity check's numbers must not count towards the best validation accuracy; a
@@ -346,8 +352,10 @@ class ImageClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         acc = self.test_metrics["acc"].compute()
-        self.log("test/loss", self.test_loss.compute())
-        self.log("test/err", 100.0 * (1.0 - acc))
+        # Computed from torchmetrics states, so already reduced over processes and the same on every
+        # rank; sync_dist (one all-reduce of equal values) tells Lightning so under DDP.
+        self.log("test/loss", self.test_loss.compute(), sync_dist=True)
+        self.log("test/err", 100.0 * (1.0 - acc), sync_dist=True)
         self.test_loss.reset()
         if self.test_confusion is not None:
             self._report_confusion()
@@ -359,7 +367,7 @@ class ImageClassifier(pl.LightningModule):
         if self.num_classes <= PER_CLASS_SCALARS:
             for name, accuracy in zip(names, evaluation.per_class_accuracy(confusion), strict=True):
                 if not torch.isnan(accuracy):
-                    self.log(f"test/acc_class/{name}", accuracy.float())
+                    self.log(f"test/acc_class/{name}", accuracy.float(), sync_dist=True)
         if self.trainer.is_global_zero:
             evaluation.log_confusion_matrix(self.loggers, confusion, names, self.global_step)
 

@@ -64,8 +64,10 @@ def test_ablate_fit_ddp_two_processes(ddp_run) -> None:
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert not (root / "runs" / "quickstart_fast" / "version_1").exists(), "rank 1 must not log a run of its own"
     metrics = _metrics(run_dir)
-    assert {"val/acc", "test/acc", "test/err"} <= set(metrics)
+    assert {"val/acc", "test/acc", "test/err", "train/loss_epoch"} <= set(metrics)
     assert "test accuracy:" in result.stdout
+    # Lightning warns when an epoch-level value is logged without being reduced over the processes.
+    assert "when logging on epoch level" not in result.stdout + result.stderr, "an epoch metric of one rank only"
 
 
 def test_wandb_under_ddp_is_one_run_with_the_config_once(ddp_run) -> None:
