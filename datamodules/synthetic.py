@@ -1,14 +1,15 @@
 """Small synthetic datasets written in the real on-disk formats, for tests and smoke runs.
 
-Each writer produces files the real loaders read unchanged: CIFAR-10/100 pickle batches in
-torchvision's layout (the dict keys and shapes of the originals), image-folder trees of PNG and
-JPEG files, and ImageNet trees (plain, or torchvision's with ``meta.bin``). Images are random
+Each writer produces files the real loaders read unchanged: MNIST IDX files, CIFAR-10/100 pickle
+batches in torchvision's layout (the dict keys and shapes of the originals), image-folder trees of
+PNG and JPEG files, and ImageNet trees (plain, or torchvision's with ``meta.bin``). Images are random
 but reproducible from ``seed``; each class gets its own mean colour so the labels are learnable.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,31 @@ def synthetic_images(count: int, labels: np.ndarray, size: tuple[int, int], seed
 def _dump(path: Path, obj: dict) -> None:
     with open(path, "wb") as file:
         pickle.dump(obj, file, protocol=2)  # the originals are Python 2 pickles
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """uint8 ``array`` as an IDX file: magic 0x0000 08 <ndim>, big-endian dims, then the bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def write_mnist_idx(root: Path, num_train: int = 600, num_test: int = 200, seed: int = 0) -> Path:
+    """``root/MNIST/raw/`` with the four uncompressed IDX files ``MNISTDataModule`` reads.
+
+    Each class is a bright bar at its own row over dim noise, so the labels are learnable.
+    """
+    rng = np.random.default_rng(seed)
+    raw = Path(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", num_train), ("t10k", num_test)):
+        labels = rng.integers(0, 10, size=count).astype(np.uint8)
+        images = rng.integers(0, 60, size=(count, 28, 28)).astype(np.uint8)
+        for index, label in enumerate(labels):
+            images[index, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return Path(root)
 
 
 def write_cifar10_pickles(

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.synthetic import write_cifar10_pickles
+from datamodules.synthetic import write_cifar10_pickles, write_image_tree
 from experiments import bench, bench_time_to_acc
+from tests.conftest import write_synthetic_mnist
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +72,59 @@ def test_overhead_and_throughput_print_their_tables(cifar: Path, capsys) -> None
     assert bench.main(["throughput", "--pattern", "lenet5", "--steps", "1"]) == 0
     table = capsys.readouterr().out
     assert table.startswith("### throughput") and "| lenet5 | 60,850 |" in table
+
+
+# ``ablate bench data``: MNIST, CIFAR-10 and a JPEG folder side by side. Tiny batches keep each run to
+# seconds; 0 workers keeps the folder's decoding in the test process (the worker path is the module's own).
+TINY_DATA_BENCH = ["--batch-size", "16", "--batches", "2", "--steps", "1", "--presets", "standard",
+                   "--num-workers", "0", "--skip-decode"]
+
+
+def _data_bench(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "data_bench.json"
+    assert bench.main(["data", *TINY_DATA_BENCH, "--json", str(out), *args]) == 0
+    return json.loads(out.read_text())
+
+
+def _assert_positive_rates(section: dict) -> None:
+    train = section["train"]["images_per_s"]
+    assert train > 0 and section["loader_images_per_s"]
+    for pipeline, rate in section["loader_images_per_s"].items():
+        assert rate > 0
+        assert section["loader_over_train"][pipeline] == pytest.approx(rate / train)
+
+
+def test_data_bench_reports_mnist_cifar_and_a_jpeg_folder_side_by_side(cifar: Path, tmp_path: Path, capsys) -> None:
+    mnist = write_synthetic_mnist(tmp_path / "mnist", n_train=300, n_test=50)
+    folder = tmp_path / "jpeg"
+    write_image_tree(folder, per_class={"train": 4, "test": 1}, formats=("jpg",))  # the real tree's train/ + test/
+    result = _data_bench(tmp_path, "--mnist-dir", str(mnist), "--data-dir", str(cifar), "--folder-dir", str(folder))
+    assert result["datasets"] == ["mnist", "cifar", "folder"]
+    for name in result["datasets"]:
+        assert not result[name]["synthetic"], "data given on the command line is used as is"
+        _assert_positive_rates(result[name])
+    assert result["mnist"]["train"]["network"] == "inception_mnist"
+    assert set(result["mnist"]["loader_images_per_s"]) == {"none", "shift"}
+    assert result["cifar"]["train"]["network"] == result["folder"]["train"]["network"] == "resnet20"
+    assert result["folder"]["loader_images_per_s"].keys() == {"imagenet 32px"}
+    assert result["folder"]["data"] == str(folder)
+    assert "cpu_threads" in result["machine"] and "load_average" in result["machine"]
+    table = capsys.readouterr().out
+    assert "| JPEG folder (main process, per image) | imagenet 32px | 16 |" in table
+    assert "| MNIST | shift | 16 |" in table and "**synthetic**" not in table
+
+
+def test_data_bench_without_data_labels_its_synthetic_stand_ins(tmp_path: Path, capsys) -> None:
+    absent = str(tmp_path / "absent")
+    result = _data_bench(tmp_path, "--datasets", "mnist,folder", "--mnist-presets", "shift",
+                         "--mnist-dir", absent, "--folder-dir", absent)
+    assert "cifar" not in result, "--datasets selects the sections"
+    for name in ("mnist", "folder"):
+        assert result[name]["synthetic"] and result[name]["data"].startswith("synthetic")
+        _assert_positive_rates(result[name])
+    assert "| MNIST **synthetic** | shift |" in capsys.readouterr().out
+
+
+def test_data_bench_rejects_an_unknown_dataset() -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["data", "--datasets", "mnist,imagenet"])
