@@ -15,7 +15,8 @@ In-memory presets (``batch_preset``) map a uint8 batch to a uint8 batch on its d
 
 The policy presets run ``torchvision.transforms.v2`` image by image (``apply_per_sample``): on a
 busy 2-core CPU a 128-image CIFAR batch takes ~30-50 ms with them against ~7 ms with ``standard``
-(``experiments/bench_data.py``), still >50x what ResNet-20 training consumes there; on a GPU
+(``ablate bench data``: 3,200-4,600 images/s, 17-24x what ResNet-20 training consumes there on
+one thread); on a GPU
 the per-image loop launches many small kernels, so prefer the batched presets there.
 
 ImageNet presets (``imagenet_train_transform``) are per-image ``v2`` pipelines run in DataLoader
