@@ -394,6 +394,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="network the folder feeds (default resnet20 up to 64 px crops, else resnet18)")
     parser.add_argument("--num-workers", type=int, default=2, help="decoding workers of the JPEG folder")
     parser.add_argument("--skip-decode", action="store_true", help="do not time CIFAR decoding from scratch")
+    parser.add_argument("--format", choices=("md", "json"), default="md", help="what to print")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     args.datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
@@ -413,8 +414,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             results[name] = SECTIONS[name](args, Path(scratch), training)
     results["machine"]["load_average_after"] = [round(load, 2) for load in os.getloadavg()]
 
-    print(json.dumps(results, indent=2))
-    print(markdown(results))
+    print(json.dumps(results, indent=2) if args.format == "json" else markdown(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

@@ -86,6 +86,14 @@ def _data_bench(tmp_path: Path, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
+def test_data_bench_prints_json_or_markdown(cifar: Path, tmp_path: Path, capsys) -> None:
+    args = ["data", *TINY_DATA_BENCH, "--datasets", "cifar", "--data-dir", str(cifar)]
+    assert bench.main([*args, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cifar"]["loader_images_per_s"]["standard"] > 0
+    assert bench.main(args) == 0
+    assert capsys.readouterr().out.startswith("### Data pipeline vs training")
+
+
 def _assert_positive_rates(section: dict) -> None:
     train = section["train"]["images_per_s"]
     assert train > 0 and section["loader_images_per_s"]
