@@ -159,6 +159,23 @@ def test_deleting_a_unit_leaves_its_shortcut() -> None:
         assert not torch.equal(units["layer1.1"].module(x), x), "hooks are removed on leaving the block"
 
 
+def test_deleting_an_xception_block_leaves_its_shortcut() -> None:
+    network = create_model("xception").eval()
+    units = lesion.residual_units(network)
+    # Entry flow 3 blocks and exit flow 1 with a strided 1x1 shortcut; middle flow 8 with identity.
+    assert len(units) == 12 and sum(unit.downsampling for unit in units) == 4
+    middle, entry = next(u for u in units if not u.downsampling), units[0]
+    x = torch.randn(1, 728, 19, 19)
+    with lesion.lesioned([middle]), torch.no_grad():
+        assert torch.equal(middle.module(x), x)
+    x = torch.randn(1, 64, 147, 147)
+    with lesion.lesioned([entry]), torch.no_grad():
+        assert torch.equal(entry.module(x), entry.module.skipbn(entry.module.skip(x)))
+    x = torch.randn(1, 728, 19, 19)
+    with torch.no_grad():
+        assert not torch.equal(middle.module(x), x), "hooks are removed on leaving the block"
+
+
 def test_plain_units_become_the_identity_where_shapes_allow() -> None:
     units = lesion.residual_units(create_model("plain20").eval())
     assert not any(unit.residual for unit in units)

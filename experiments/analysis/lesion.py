@@ -17,8 +17,11 @@ it by the identity, which only its units that keep the shape allow (its downsamp
 reported as n/a). The paper's point shows as the contrast: one deleted layer of a plain net is
 catastrophic, one deleted unit of a ResNet is not.
 
-Residual units are found by type (``architectures.resnet_parts.ResidualUnit``: every unit of the
-``ResNet`` class); the lesion is done with forward hooks, so the network's code is untouched.
+Residual units are found by type: ``architectures.resnet_parts.ResidualUnit`` (every unit of the
+``ResNet`` class: CIFAR and ImageNet ResNets, pre-activation, ResNeXt, wide and plain nets) and
+Xception's ``Block`` (``rep(x) + shortcut(x)``; deleted, it outputs its shortcut: ``x`` in the
+middle flow, the strided 1x1 projection in the entry and exit flows). The lesion is done with
+forward hooks, so the network's code is untouched.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from torch import nn
 
 from architectures.resnet_parts import NoShortcut, ResidualUnit
+from architectures.xception import Block as XceptionBlock
 from experiments.analysis import common
 
 
@@ -70,6 +74,8 @@ def residual_units(network: nn.Module) -> list[Unit]:
                 stride != 1 for conv in convs for stride in conv.stride
             )
             units.append(Unit(name, module, not isinstance(module.downsample, NoShortcut), downsampling))
+        elif isinstance(module, XceptionBlock):
+            units.append(Unit(name, module, residual=True, downsampling=module.skip is not None))
     return units
 
 
@@ -79,7 +85,8 @@ def require_units(network: nn.Module, label: str) -> list[Unit]:
     if not units:
         raise ValueError(
             f"{label} ({type(network).__name__}) has no residual units: lesion deletes units of the ResNet "
-            "family (architectures.resnet_parts.ResidualUnit, plain ResNets included), and this network has none"
+            "family (architectures.resnet_parts.ResidualUnit, plain ResNets included) and Xception's blocks, "
+            "and this network has none"
         )
     return units
 
@@ -88,6 +95,11 @@ def _zero_residual(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     """Pre-hook of a shortcut ``shortcut(x, residual)``: the residual branch contributes nothing."""
     x, residual, *rest = args
     return (x, torch.zeros_like(residual), *rest)
+
+
+def _zeros(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+    """Forward hook of a residual branch that ends before the addition (Xception's ``rep``)."""
+    return torch.zeros_like(output)
 
 
 def _identity(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
@@ -103,7 +115,9 @@ def lesioned(units: Sequence[Unit]) -> Iterator[None]:
         for unit in units:
             if not unit.removable:
                 raise ValueError(f"unit {unit.name} changes the shape and has no shortcut: it cannot be removed")
-            if unit.residual:
+            if isinstance(unit.module, XceptionBlock):
+                handles.append(unit.module.rep.register_forward_hook(_zeros))
+            elif unit.residual:
                 handles.append(unit.module.downsample.register_forward_pre_hook(_zero_residual))
             else:
                 handles.append(unit.module.register_forward_hook(_identity))
