@@ -33,7 +33,7 @@ def _dump(path: Path, obj: dict) -> None:
         pickle.dump(obj, file, protocol=2)  # the originals are Python 2 pickles
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
+def write_idx(path: Path, array: np.ndarray) -> None:
     """uint8 ``array`` as an IDX file: magic 0x0000 08 <ndim>, big-endian dims, then the bytes."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
@@ -53,8 +53,8 @@ def write_mnist_idx(root: Path, num_train: int = 600, num_test: int = 200, seed:
         images = rng.integers(0, 60, size=(count, 28, 28)).astype(np.uint8)
         for index, label in enumerate(labels):
             images[index, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return Path(root)
 
 

@@ -3,38 +3,21 @@
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from datamodules.synthetic import write_mnist_idx
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ABLATE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` (uint8) as an IDX file: magic 0x0000 08 <ndim>, big-endian dims, data."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.tobytes())
-
-
 def write_synthetic_mnist(root: Path, n_train: int = 600, n_test: int = 200, seed: int = 0) -> Path:
     """A learnable MNIST stand-in in the real IDX layout: each class is a bright bar at its own row."""
-    rng = np.random.default_rng(seed)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, count in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, size=count).astype(np.uint8)
-        images = rng.integers(0, 60, size=(count, 28, 28)).astype(np.uint8)
-        for index, label in enumerate(labels):
-            images[index, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return root
+    return write_mnist_idx(root, num_train=n_train, num_test=n_test, seed=seed)
 
 
 @pytest.fixture(autouse=True)

@@ -25,8 +25,8 @@ import torch
 import yaml
 from PIL import Image
 
-from datamodules.synthetic import write_cifar10_pickles, write_cifar100_pickles, write_image_tree
-from tests.conftest import write_idx, write_synthetic_mnist
+from datamodules.synthetic import write_cifar10_pickles, write_cifar100_pickles, write_idx, write_image_tree
+from tests.conftest import write_synthetic_mnist
 
 MARKER = "pwned.txt"  # what the malicious checkpoint's payload would create
 
