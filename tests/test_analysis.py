@@ -255,3 +255,16 @@ def test_visualize_logs_to_wandb_offline(
     assert offline, "an offline W&B run beside the pictures"
     media = list(offline[0].rglob("*.png"))
     assert len(media) == 2, media
+
+
+def test_two_arms_of_one_network_get_labels_that_tell_them_apart() -> None:
+    from types import SimpleNamespace
+
+    sweep = Path("runs/resnet_shortcuts/short")
+    runs = [SimpleNamespace(label="resnet20", run_dir=sweep / "original" / "seed_0"),
+            SimpleNamespace(label="resnet20", run_dir=sweep / "constant_scaling_0_1" / "seed_0"),
+            SimpleNamespace(label="plain20", run_dir=sweep / "plain" / "seed_0")]
+    assert common.unique_labels(runs) == ["resnet20 (original/seed_0)", "resnet20 (constant_scaling_0_1/seed_0)",
+                                          "plain20"]
+    runs[1].run_dir = sweep / "original" / "seed_1"
+    assert common.unique_labels(runs)[:2] == ["resnet20 (seed_0)", "resnet20 (seed_1)"]

@@ -216,12 +216,23 @@ def network_label(network: nn.Module, config: Path | None = None) -> str:
 
 
 def unique_labels(runs: Sequence[LoadedRun]) -> list[str]:
-    """Run labels, made unique with the run directory's name where two runs share a network."""
+    """Run labels, made unique where two runs share a network by the shortest tail of their run
+    directories that tells them apart (``seed_0``, or ``original/seed_0`` for two arms of a sweep)."""
     labels = [run.label for run in runs]
-    return [
-        f"{label} ({run.run_dir.name})" if labels.count(label) > 1 else label
-        for label, run in zip(labels, runs, strict=True)
-    ]
+
+    def tail(run: LoadedRun, parts: int) -> str:
+        return "/".join(Path(run.run_dir).parts[-parts:])
+
+    out = []
+    for label, run in zip(labels, runs, strict=True):
+        twins = [other for other in runs if other.label == label]
+        if len(twins) == 1:
+            out.append(label)
+            continue
+        depth = max(len(Path(other.run_dir).parts) for other in twins)
+        parts = next((n for n in range(1, depth + 1) if len({tail(other, n) for other in twins}) == len(twins)), depth)
+        out.append(f"{label} ({tail(run, parts)})")
+    return out
 
 
 # ----- data -------------------------------------------------------------------------------------
