@@ -77,13 +77,56 @@ def collect(study: Study, tier: str, out: Path) -> list[dict]:
             "failures": failures,
             "unfinished": unfinished,
             "params": params,
+            # What the runs changed beyond the arm's config (``ablate sweep --set``), e.g. the depth.
+            "extra_args": sorted({" ".join(r.get("extra_args") or []) for r in completed} - {""}),
         }
         ours = row[study.summary]
         row["ours"] = ours
-        row["fail"] = ours is not None and ours > study.fail_above
-        row["diff"] = ours - arm.paper if ours is not None and isinstance(arm.paper, (int, float)) else None
+        # The paper's "fail" and the difference are statements about its full schedule: a compressed
+        # tier is compared by the order of the arms instead (``ranks``).
+        full = tier == "full"
+        row["fail"] = full and ours is not None and ours > study.fail_above
+        row["diff"] = ours - arm.paper if full and ours is not None and isinstance(arm.paper, (int, float)) else None
         rows.append(row)
+    _rank(rows)
     return rows
+
+
+def _average_ranks(values: list[float]) -> list[float]:
+    """1-based ranks, lowest first, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def _rank(rows: list[dict]) -> None:
+    """``rank_paper`` and ``rank_ours`` over the arms with a result and a published value ('fail'
+    ranks after every number, as a tie)."""
+    ranked = [row for row in rows if row["ours"] is not None and row["paper"] is not None]
+    paper = [float("inf") if row["paper"] == "fail" else float(row["paper"]) for row in ranked]
+    for row, rank_paper, rank_ours in zip(ranked, _average_ranks(paper),
+                                          _average_ranks([row["ours"] for row in ranked]), strict=True):
+        row["rank_paper"], row["rank_ours"] = rank_paper, rank_ours
+
+
+def rank_agreement(rows: list[dict]) -> tuple[float | None, int]:
+    """Spearman's rho between the paper's order of the arms and ours, and how many arms it covers."""
+    pairs = [(row["rank_paper"], row["rank_ours"]) for row in rows if "rank_ours" in row]
+    if len(pairs) < 3:
+        return None, len(pairs)
+    xs, ys = zip(*pairs, strict=True)
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    cov = sum((x - mx) * (y - my) for x, y in pairs)
+    spread = math.sqrt(sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys))
+    return (cov / spread if spread else None), len(pairs)
 
 
 def _read(path: Path) -> dict | None:
@@ -115,16 +158,27 @@ def markdown(study: Study, tier: str, rows: list[dict]) -> str:
         f"Paper: {study.paper_url}. Metric: {study.metric} (%), lower is better; the paper reports the "
         f"{study.summary}; 'fail' means above {study.fail_above:g}%.",
         "",
-        "| arm | paper | ours mean ± std | median | ours − paper | seeds | failed | params |"
+        "| arm | paper | ours mean ± std | median | ours − paper | rank paper / ours | seeds | failed | params |"
         + (" selected on val |" if study.grid else ""),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" --- |" if study.grid else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" --- |" if study.grid else ""),
     ]
+    changed = sorted({args for row in rows for args in row["extra_args"]})
+    if tier != "full":
+        lines[2] += (f" The {tier} tier compresses the paper's schedule: compare the ordering of the arms, "
+                     "not the numbers, with the paper's.")
+    if changed:
+        lines[2] += " The runs changed the paper's protocol: " + "; ".join(f"`{args}`" for args in changed) + "."
     for row in rows:
         diff = "" if row["diff"] is None else f"{row['diff']:+.2f}"
         params = f"{row['params']:,}" if row["params"] else ""
         selected = f" {row['selected']} |" if study.grid else ""
+        rank = f"{row['rank_paper']:g} / {row['rank_ours']:g}" if "rank_ours" in row else ""
         lines.append(f"| {row['label']} | {_paper(row['paper'])} | {_ours(row)} | {_fmt(row['median'])} | "
-                     f"{diff} | {row['n']} | {row['failed']} | {params} |{selected}")
+                     f"{diff} | {rank} | {row['n']} | {row['failed']} | {params} |{selected}")
+    rho, arms = rank_agreement(rows)
+    if rho is not None:
+        lines += ["", f"Order of the arms, ours against the paper's (Spearman's rho over {arms} arms, "
+                  f"'fail' tied last): **{rho:+.2f}**."]
     notes = [f"- {row['arm']}: {reason}" for row in rows for reason in row["failures"]]
     notes += [f"- {row['arm']}: {row['unfinished']} run(s) not finished" for row in rows if row["unfinished"]]
     if notes:
@@ -133,8 +187,8 @@ def markdown(study: Study, tier: str, rows: list[dict]) -> str:
 
 
 def to_csv(rows: list[dict]) -> str:
-    fields = ["arm", "label", "paper", "selected", "n", "mean", "std", "median", "ours", "diff", "fail", "failed",
-              "unfinished", "params"]
+    fields = ["arm", "label", "paper", "selected", "n", "mean", "std", "median", "ours", "diff", "rank_paper",
+              "rank_ours", "fail", "failed", "unfinished", "params"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()

@@ -149,3 +149,32 @@ def test_unknown_study_and_arm_are_clear_errors(tmp_path: Path) -> None:
     result = run_ablate("sweep", "nope", cwd=tmp_path)
     assert result.returncode == 1 and "unknown study 'nope'" in result.stderr.strip().splitlines()[-1]
     assert set(list_studies()) >= set(SMOKE_ARMS)
+
+
+def _results(root: Path, study: str, tier: str, errors: dict[str, float]) -> None:
+    for arm, err in errors.items():
+        seed_dir = root / study / tier / arm / "seed_0"
+        seed_dir.mkdir(parents=True)
+        (seed_dir / "result.json").write_text(json.dumps(
+            {"status": "completed", "seed": 0, "metrics": {"test/err": err},
+             "extra_args": ["--model.network.init_args.name=resnet20"]}))
+
+
+def test_a_compressed_tier_is_compared_by_the_order_of_the_arms(tmp_path: Path) -> None:
+    study = load_study("resnet_shortcuts")
+    # Paper: original 6.61 < shortcut gating b_g=-6 6.91 < exclusive gating b_g=-6 8.70 < dropout (fail).
+    _results(tmp_path, "resnet_shortcuts", "short",
+             {"original": 25.0, "shortcut_gating_bg6": 26.0, "exclusive_gating_bg6": 28.0, "dropout": 60.0})
+    rows = report_module.collect(study, "short", tmp_path)
+    assert report_module.rank_agreement(rows) == (pytest.approx(1.0), 4)
+    assert not any(row["fail"] for row in rows) and all(row["diff"] is None for row in rows), \
+        "the paper's 20% rule and differences belong to its full schedule"
+    text = report_module.markdown(study, "short", rows)
+    assert "Spearman's rho over 4 arms, 'fail' tied last): **+1.00**" in text
+    assert "changed the paper's protocol: `--model.network.init_args.name=resnet20`" in text
+    _results(tmp_path, "resnet_shortcuts", "full", {"original": 60.0, "shortcut_gating_bg6": 28.0,
+                                                    "exclusive_gating_bg6": 26.0, "dropout": 25.0})
+    rows = report_module.collect(study, "full", tmp_path)
+    assert report_module.rank_agreement(rows)[0] == pytest.approx(-1.0)
+    original = next(row for row in rows if row["arm"] == "original")
+    assert original["fail"] and original["diff"] == pytest.approx(60.0 - 6.61)
