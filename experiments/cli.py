@@ -153,6 +153,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ablate`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # A W&B service inherited from whatever started this process (a notebook, a test runner, a script
+    # that itself uses wandb) would own this run's W&B files and may stop before flushing them.
+    os.environ.pop("WANDB_SERVICE", None)
     try:
         if argv and argv[0] in TOOLS:
             return _run_tool(argv[0], argv[1:])
