@@ -10,6 +10,7 @@ tensors and primitive values are read (Lightning checkpoints of this project hol
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import io
@@ -400,6 +401,14 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def tool_parser(tool: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of ``ablate <tool>``: the module docstring's first paragraph as the description,
+    the rest, verbatim, as the epilog."""
+    return argparse.ArgumentParser(prog=f"ablate {tool}", description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog=doc.split("\n\n", 1)[1])
 
 
 def add_run_arguments(parser: Any) -> None:

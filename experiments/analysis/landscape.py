@@ -263,9 +263,7 @@ def _rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablate landscape", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = common.tool_parser("landscape", __doc__)
     parser.add_argument("runs", nargs="+", help="run directories or checkpoints (several: side by side)")
     parser.add_argument("--steps", type=int, default=21, help="grid points per direction (odd)")
     parser.add_argument("--span", type=float, default=1.0, help="grid covers [-span, span] per direction")

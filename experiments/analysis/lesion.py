@@ -279,9 +279,7 @@ def plot(results: list[dict[str, Any]], path: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablate lesion", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = common.tool_parser("lesion", __doc__)
     parser.add_argument("runs", nargs="+", help="run directories or checkpoints (several: side by side)")
     parser.add_argument("--split", choices=("test", "val", "train"), default="test", help="split evaluated")
     parser.add_argument("--limit", type=int, default=0, help="only the first N images of the split (0 = all)")

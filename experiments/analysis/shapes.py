@@ -414,9 +414,7 @@ def plot_arithmetic(result: dict[str, Any], path: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablate shapes", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = common.tool_parser("shapes", __doc__)
     parser.add_argument("target", nargs="?", help="registered architecture name, run directory or checkpoint")
     parser.add_argument("--input", default=None, metavar="CxHxW", help="input size (default: the network's native "
                         "size, or the run's data)")

@@ -174,9 +174,7 @@ def log_to_wandb(pictures: dict[str, Path], summary: dict[str, Any], out: Path, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablate visualize", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = common.tool_parser("visualize", __doc__)
     parser.add_argument("run", help="run directory or checkpoint")
     parser.add_argument("--images", type=int, default=8, help="test images to draw maps for")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image draw (-1: the first ones)")
