@@ -2,7 +2,7 @@
 
     ablate bench overhead    [--steps 60 --repeats 3]         # ablate fit vs a plain loop, same batches
     ablate bench data        [--datasets mnist,cifar,folder]  # loader images/s vs training images/s
-    ablate bench throughput  [--pattern 'resnet*']            # per architecture, train and inference
+    ablate bench throughput  [--pattern 'resnet*']            # per architecture: images/s, memory, MFU
     ablate bench time-to-acc [--target 0.85]                  # ResNet-20 on CIFAR-10 to a test accuracy
 
 Every comparison runs its two sides in one process, interleaved (A, B, A, B, ...), several
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from experiments import bench_time_to_acc
+from experiments import bench_throughput, bench_time_to_acc
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
@@ -149,65 +149,26 @@ def bench_overhead(args: argparse.Namespace) -> dict:
             "command": "ablate bench overhead " + " ".join(sys.argv[3:])}
 
 
-def _measure(name: str, batch_size: int, steps: int) -> dict:
-    """Training and inference images/s of one registered network at its native input size."""
-    import resource
-
-    from architectures import count_params, create_model, model_info
-    from experiments.zoo import multiply_adds
-
-    info = model_info(name)
-    net = create_model(name, num_classes=info.num_classes)
-    images = torch.randn(batch_size, *info.input_size)
-    labels = torch.randint(0, info.num_classes, (batch_size,))
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-
-    def train_step() -> None:
-        out = net(images)
-        loss = F.cross_entropy(out.logits if hasattr(out, "logits") else out, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def infer_step() -> None:
-        with torch.inference_mode():
-            net(images)
-
-    timings = {}
-    for label, step, mode in (("train", train_step, net.train), ("infer", infer_step, net.eval)):
-        mode()
-        step()  # warm-up: allocator, lazy init
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        timings[label] = steps * batch_size / (time.perf_counter() - start)
-    macs = multiply_adds(name)
-    return {"network": name, "params": count_params(net), "macs": macs,
-            "train_img_s": timings["train"], "infer_img_s": timings["infer"],
-            "train_gflops": 6 * macs * timings["train"] / 1e9,  # forward 2 + backward 4 FLOPs per MAC
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def bench_throughput(args: argparse.Namespace) -> dict:
-    """Training and inference images/s and peak memory per registered network, native input size."""
-    from architectures import list_models
-
-    rows = [_measure(name, args.batch_size, args.steps) for name in list_models(args.pattern)]
-    return {"benchmark": "throughput", "machine": machine(), "batch_size": args.batch_size, "steps": args.steps,
-            "rows": rows, "note": "CPU only; peak RSS is the process high-water mark so far"}
+def _cell(value) -> str:
+    if isinstance(value, float) and abs(value) < 10:
+        return f"{value:,.3f}"
+    if isinstance(value, (int, float)):
+        return f"{value:,.0f}"
+    return "" if value is None else str(value)
 
 
 def markdown(result: dict) -> str:
     rows = result["rows"]
     if not rows:
         return "no rows"
-    columns = [key for key in rows[0] if not key.startswith("runs_")]
+    # The union of the rows' keys, in order: an error row has fewer, a row with MFU one more.
+    columns = list(dict.fromkeys(key for row in rows for key in row if not key.startswith("runs_")))
+    columns = [c for c in columns if c != "error"] + ["error"] * ("error" in columns)
     lines = [f"### {result['benchmark']} — {result['machine']}", "",
              "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    for row in rows:
-        cells = [f"{row[c]:,.3f}" if isinstance(row[c], float) and abs(row[c]) < 10 else
-                 f"{row[c]:,.0f}" if isinstance(row[c], (int, float)) else str(row[c]) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    if result.get("note"):
+        lines += ["", result["note"]]
     return "\n".join(lines)
 
 
@@ -228,10 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     overhead.add_argument("--repeats", type=int, default=3)
     overhead.add_argument("--batch-size", type=int, default=128)
     overhead.add_argument("--data-dir", type=Path, default=None)
-    throughput = sub.add_parser("throughput", help="train/inference images/s per architecture")
-    throughput.add_argument("--pattern", default="*")
-    throughput.add_argument("--batch-size", type=int, default=8)
-    throughput.add_argument("--steps", type=int, default=2)
+    throughput = bench_throughput.add_parser(sub)
     time_to_acc = bench_time_to_acc.add_parser(sub)
     # Listed for --help only: main hands "data ..." to bench_data before parsing.
     sub.add_parser("data", help="loader images/s vs training images/s: MNIST, CIFAR-10, a JPEG folder "
@@ -240,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--format", choices=("md", "json"), default="md", help="what to print")
         sp.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    run = {"overhead": bench_overhead, "throughput": bench_throughput,
+    run = {"overhead": bench_overhead, "throughput": bench_throughput.bench_throughput,
            "time-to-acc": bench_time_to_acc.bench_time_to_acc}[args.which]
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the figures alone (e.g. into jq)
         result = run(args)

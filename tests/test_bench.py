@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,42 @@ def test_overhead_and_throughput_print_their_tables(cifar: Path, capsys) -> None
     assert row["ratio"] == pytest.approx(row["ablate_img_s"] / row["plain_img_s"])
     assert bench.main(["throughput", "--pattern", "lenet5", "--steps", "1"]) == 0
     table = capsys.readouterr().out
-    assert table.startswith("### throughput") and "| lenet5 | 60,850 |" in table
+    assert table.startswith("### throughput") and "| lenet5 | fp32 | 1x28x28 | 326,520 | 60,850 |" in table
+
+
+def test_throughput_measures_each_network_in_its_own_process(capsys) -> None:
+    """A small network measured after a bigger one reports its own peak memory, not the bigger one's;
+    a given peak turns counted FLOPs into a utilisation; bf16 autocast and channels_last run on CPU."""
+    assert bench.main(["throughput", "--pattern", "resnet56", "--batch-size", "32", "--steps", "1",
+                       "--variants", "fp32,bf16-cl", "--peak-tflops", "1", "--format", "json"]) == 0
+    big = _printed_json(capsys)["rows"]
+    assert bench.main(["throughput", "--pattern", "lenet5", "--batch-size", "32", "--steps", "1",
+                       "--format", "json"]) == 0
+    (small,) = _printed_json(capsys)["rows"]
+    assert [row["variant"] for row in big] == ["fp32", "bf16-cl"]
+    for row in big:
+        assert row["train_img_s"] > 0 and row["mfu"] == pytest.approx(row["train_tflops"])
+        assert row["peak_train_mb"] > row["peak_infer_mb"] > 0, "training keeps activations and gradients"
+    assert 0 < small["peak_train_mb"] < big[0]["peak_train_mb"] / 2
+    assert "mfu" not in small, "no CPU peak is assumed"
+
+
+def _out_of_memory(job) -> dict:
+    raise RuntimeError("out of memory (simulated)\nmore lines")
+
+
+def _killed(job) -> dict:
+    os._exit(9)  # as the kernel's OOM killer would end it
+
+
+def test_a_network_that_fails_is_a_row_with_its_error() -> None:
+    from experiments.bench_throughput import Job, run_isolated
+
+    job = Job("lenet5", "fp32", "cpu", batch_size=2, steps=1, warmup=0)
+    assert run_isolated(job, _out_of_memory)["error"] == "RuntimeError: out of memory (simulated)"
+    assert run_isolated(job, _killed) == {"error": "the measuring process died (exit code 9)"}
+    with pytest.raises(SystemExit, match="unknown variant"):
+        bench.main(["throughput", "--pattern", "lenet5", "--variants", "fp16"])
 
 
 # ``ablate bench data``: MNIST, CIFAR-10 and a JPEG folder side by side. Tiny batches keep each run to
