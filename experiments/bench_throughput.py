@@ -38,7 +38,8 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100"
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser("throughput", help="train/inference images/s, peak memory, MFU per architecture",
                             description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pattern", default="*", help="which registered networks (glob, as in `ablate zoo`)")
+    parser.add_argument("--pattern", default="*",
+                        help="which registered networks: globs as in `ablate zoo`, comma-separated")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variants", default=None,
                         help=f"comma list of {', '.join(VARIANTS)} (default: fp32 on CPU, all on CUDA)")
@@ -185,7 +186,10 @@ def bench_throughput(args: argparse.Namespace) -> dict:
     batch_size = args.batch_size or (128 if on_cuda else 8)
     peak, peak_source = device_peak_tflops(args.device, args.peak_tflops)
     rows = []
-    for name in list_models(args.pattern):
+    names = sorted({name for pattern in args.pattern.split(",") for name in list_models(pattern)})
+    if not names:
+        raise SystemExit(f"ablate bench throughput: no registered network matches {args.pattern!r} (see `ablate zoo`)")
+    for name in names:
         macs = multiply_adds(name)
         for variant in variants:
             job = Job(name, variant, args.device, batch_size, args.steps, args.warmup)

@@ -78,7 +78,7 @@ def test_overhead_and_throughput_print_their_tables(cifar: Path, capsys) -> None
 def test_throughput_measures_each_network_in_its_own_process(capsys) -> None:
     """A small network measured after a bigger one reports its own peak memory, not the bigger one's;
     a given peak turns counted FLOPs into a utilisation; bf16 autocast and channels_last run on CPU."""
-    assert bench.main(["throughput", "--pattern", "resnet56", "--batch-size", "32", "--steps", "1",
+    assert bench.main(["throughput", "--pattern", "resnet56,resnet5[6]", "--batch-size", "32", "--steps", "1",
                        "--variants", "fp32,bf16-cl", "--peak-tflops", "1", "--format", "json"]) == 0
     big = _printed_json(capsys)["rows"]
     assert bench.main(["throughput", "--pattern", "lenet5", "--batch-size", "32", "--steps", "1",
@@ -108,6 +108,8 @@ def test_a_network_that_fails_is_a_row_with_its_error() -> None:
     assert run_isolated(job, _killed) == {"error": "the measuring process died (exit code 9)"}
     with pytest.raises(SystemExit, match="unknown variant"):
         bench.main(["throughput", "--pattern", "lenet5", "--variants", "fp16"])
+    with pytest.raises(SystemExit, match="no registered network matches 'lenet6'"):
+        bench.main(["throughput", "--pattern", "lenet6"])
 
 
 # ``ablate bench data``: MNIST, CIFAR-10 and a JPEG folder side by side. Tiny batches keep each run to
