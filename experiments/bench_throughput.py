@@ -139,12 +139,12 @@ def measure(job: Job) -> dict:
             "params": params, "peak_train_mb": memory.peak_mb(), "peak_infer_mb": peak_infer}
 
 
-def _run_in_child(measure_fn, job: Job, queue) -> None:
+def _run_in_child(measure_fn, job: Job, sender) -> None:
     try:
-        queue.put(measure_fn(job))
+        sender.send(measure_fn(job))
     except BaseException as error:  # noqa: BLE001 - reported as the row's error, e.g. out of memory
-        queue.put({"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200],
-                   "traceback": traceback.format_exc()})
+        sender.send({"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200],
+                     "traceback": traceback.format_exc()})
 
 
 def run_isolated(job: Job, measure_fn=measure) -> dict:
@@ -152,13 +152,16 @@ def run_isolated(job: Job, measure_fn=measure) -> dict:
     OpenMP pool has run (a test session, a notebook) deadlocks in its first multi-threaded kernel, and
     one forked after CUDA was touched cannot use CUDA."""
     context = multiprocessing.get_context("spawn")
-    queue = context.SimpleQueue()
-    child = context.Process(target=_run_in_child, args=(measure_fn, job, queue))
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_run_in_child, args=(measure_fn, job, sender))
     child.start()
+    sender.close()  # the child holds the only writer now: its death ends the pipe
+    try:
+        result = receiver.recv()  # before join: a large reply must not wait on a full pipe
+    except EOFError:  # killed: the kernel's OOM killer, a segfault
+        result = None
     child.join()
-    if queue.empty():  # killed: the kernel's OOM killer, a segfault
-        return {"error": f"the measuring process died (exit code {child.exitcode})"}
-    return queue.get()
+    return result or {"error": f"the measuring process died (exit code {child.exitcode})"}
 
 
 def device_peak_tflops(device: str, given: float | None) -> tuple[float | None, str]:
