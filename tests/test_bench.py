@@ -3,12 +3,14 @@ figures; the time-to-accuracy clock stops at the target and says when a side nev
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from datamodules.synthetic import write_cifar10_pickles, write_image_tree
 from experiments import bench, bench_time_to_acc
@@ -47,9 +49,22 @@ def test_time_to_accuracy_stops_both_sides_at_the_target(cifar: Path, capsys) ->
 def test_time_to_accuracy_says_when_the_target_is_not_reached(cifar: Path, capsys) -> None:
     assert bench.main(["time-to-acc", "--network", "lenet5", "--data-dir", str(cifar), "--target", "1.01",
                        "--epochs", "2", "--format", "json"]) == 0
-    (row,) = _printed_json(capsys)["rows"]
+    result = _printed_json(capsys)
+    (row,) = result["rows"]
     assert row["plain_epochs"] == row["ablate_epochs"] == "not reached"
     assert math.isnan(row["ratio"]), "no time to accuracy is invented for a run that never got there"
+    # The loops still compare per epoch: both sides ran the whole two-epoch budget.
+    (plain,), (ours,) = result["runs"]["plain"], result["runs"]["ablate"]
+    assert len(plain["accuracies"]) == len(ours["accuracies"]) == 2
+    assert row["epoch_ratio"] == pytest.approx(ours["seconds_per_epoch"] / plain["seconds_per_epoch"])
+
+
+def test_time_to_accuracy_schedule_defaults_to_the_preset() -> None:
+    """One source for the schedule's length: the preset a user runs with ``ablate fit``."""
+    config = yaml.safe_load(bench_time_to_acc.RECIPE.read_text())
+    parser = argparse.ArgumentParser()
+    bench_time_to_acc.add_parser(parser.add_subparsers(dest="which"))
+    assert parser.parse_args(["time-to-acc"]).epochs == config["trainer"]["max_epochs"]
 
 
 def test_both_sides_train_the_same_recipe(cifar: Path) -> None:
