@@ -8,9 +8,11 @@ Each run is a separate ``ablate fit ... --test_after_fit true`` process (a crash
 arm cannot take the sweep down) writing ``<out>/<study>/<tier>/<arm>/seed_<k>/``: the resolved
 ``config.yaml``, ``metrics.csv``, checkpoints, its stdout/stderr, ``git.txt`` and, only once the
 test pass has finished, ``result.json``. Completed (and failed) runs are skipped on the next
-invocation; a run that was interrupted resumes from its ``last.ckpt``. On a machine with several
-GPUs, runs go one per GPU in parallel; on CPU they run one after another. A SLURM array runs
-one planned run per task with ``--task-index``.
+invocation; a run that was interrupted resumes from its ``last.ckpt``. SIGTERM or SIGUSR1 sent to
+the sweep alone (``kill <pid>``) reaches its running ``ablate fit`` children too: each saves
+``last.ckpt`` and exits, no new run starts, and the sweep exits with 128 + the signal. On a
+machine with several GPUs, runs go one per GPU in parallel; on CPU they run one after another. A
+SLURM array runs one planned run per task with ``--task-index``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -200,7 +203,59 @@ def _failure_reason(stderr: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def execute(run: PlannedRun, extra: list[str], wandb: bool, env: dict[str, str] | None = None) -> dict | None:
+class Children:
+    """The ``ablate fit`` processes a sweep has running, and the stop signal it was sent.
+
+    A signal sent to the sweep's process alone (``kill <pid>``, a scheduler that signals only the
+    process it started) would otherwise leave its child training on, orphaned, while the sweep
+    dies. Forwarded, the child saves ``last.ckpt`` and exits 128 + signal, which ``execute`` records
+    as interrupted (resumable). A signal that already has a handler is left alone: under SLURM,
+    ``ablate slurm sweep-task`` owns SIGUSR1, which SLURM delivers to every process itself.
+    """
+
+    FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.stop_signal: signal.Signals | None = None
+        self._running: set[subprocess.Popen] = set()
+        self._lock = threading.RLock()  # the handler runs in the main thread, maybe inside the lock
+        self._previous: dict[signal.Signals, Any] = {}
+
+    @contextmanager
+    def forwarding(self) -> Iterator[Children]:
+        if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+            for signum in self.FORWARDED:
+                if signal.getsignal(signum) is signal.SIG_DFL:
+                    self._previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            yield self
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_signal = signal.Signals(signum)
+        with self._lock:
+            for process in list(self._running):
+                process.send_signal(signum)
+
+    def wait(self, cmd: list[str], **popen: Any) -> int:
+        """Run ``cmd`` to its end; a stop signal that came first is passed on at once."""
+        with subprocess.Popen(cmd, **popen) as process:
+            with self._lock:
+                self._running.add(process)
+                if self.stop_signal is not None:  # arrived between the sweep's check and Popen
+                    process.send_signal(self.stop_signal)
+            try:
+                return process.wait()
+            finally:
+                with self._lock:
+                    self._running.discard(process)
+
+
+def execute(run: PlannedRun, extra: list[str], wandb: bool, env: dict[str, str] | None = None,
+            children: Children | None = None) -> dict | None:
     """Run one arm x seed; return its result record, or None if it was interrupted (resumable)."""
     run.directory.mkdir(parents=True, exist_ok=True)
     (run.directory / "run.yaml").write_text(yaml.safe_dump(run_config(run, wandb), sort_keys=False))
@@ -211,7 +266,8 @@ def execute(run: PlannedRun, extra: list[str], wandb: bool, env: dict[str, str] 
     with (run.directory / "stdout.log").open("a") as out, (run.directory / "stderr.log").open("a") as err:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
-        process = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=err)
+        returncode = (children or Children()).wait(cmd, cwd=REPO, env={**os.environ, **(env or {})},
+                                                  stdout=out, stderr=err)
     record: dict[str, Any] = {
         "study": run.study.name, "arm": run.arm.name, "seed": run.seed, "tier": run.tier,
         "grid": {key: value for key, value in run.grid},
@@ -220,17 +276,17 @@ def execute(run: PlannedRun, extra: list[str], wandb: bool, env: dict[str, str] 
         "duration_s": round(time.time() - started, 1),
     }
     # Killed, Ctrl-C (130), SIGTERM (143) or SIGUSR1 (138, a checkpoint-and-stop): resume later.
-    if process.returncode < 0 or process.returncode in (130, 138, 143):
+    if returncode < 0 or returncode in (130, 138, 143):
         return None
     metrics = read_metrics(run.directory)
-    if process.returncode == 0 and run.study.metric in metrics:
+    if returncode == 0 and run.study.metric in metrics:
         hparams = yaml.safe_load((run.directory / "hparams.yaml").read_text()) if (
             run.directory / "hparams.yaml").is_file() else {}
         record.update(status="completed", metrics=metrics, params=(hparams or {}).get("model/params"))
     else:
         stderr = (run.directory / "stderr.log").read_text(errors="replace")
-        reason = _failure_reason(stderr) if process.returncode else f"finished without {run.study.metric}"
-        record.update(status="failed", reason=reason, returncode=process.returncode)
+        reason = _failure_reason(stderr) if returncode else f"finished without {run.study.metric}"
+        record.update(status="failed", reason=reason, returncode=returncode)
     write_json_atomic(run.directory / "result.json", record)
     return record
 
@@ -248,8 +304,12 @@ def _gpu_count() -> int:
 
 
 def sweep(runs: list[PlannedRun], extra: list[str], wandb: bool = False, retry_failed: bool = False,
-          gpus: int | None = None, log=print) -> list[dict]:
-    """Execute the planned runs that have no result yet; return every run's record."""
+          gpus: int | None = None, log=print, children: Children | None = None) -> list[dict]:
+    """Execute the planned runs that have no result yet; return every run's record.
+
+    After a stop signal (see ``Children``) the running runs checkpoint and stop, and no new one starts.
+    """
+    children = children or Children()
     todo = []
     for run in runs:
         result = read_result(run.directory)
@@ -260,8 +320,10 @@ def sweep(runs: list[PlannedRun], extra: list[str], wandb: bool = False, retry_f
     gpus = _gpu_count() if gpus is None else gpus
     if gpus <= 1:
         for run in todo:
+            if children.stop_signal:
+                break
             log(f"run     {run.label}")
-            _log_outcome(run, execute(run, extra, wandb), log)
+            _log_outcome(run, execute(run, extra, wandb, children=children), log)
     else:
         free: Queue[int] = Queue()
         for gpu in range(gpus):
@@ -271,15 +333,19 @@ def sweep(runs: list[PlannedRun], extra: list[str], wandb: bool = False, retry_f
         def worker(run: PlannedRun) -> None:
             gpu = free.get()
             try:
+                if children.stop_signal:
+                    return
                 log(f"run     {run.label} on GPU {gpu}")
                 _log_outcome(run, execute(run, [*extra, "--trainer.devices", "1"], wandb,
-                                          env={"CUDA_VISIBLE_DEVICES": str(gpu)}), log)
+                                          env={"CUDA_VISIBLE_DEVICES": str(gpu)}, children=children), log)
             finally:
                 free.put(gpu)
 
         for run in todo:
-            while free.empty():
+            while free.empty() and not children.stop_signal:
                 time.sleep(1)
+            if children.stop_signal:
+                break
             thread = threading.Thread(target=worker, args=(run,))
             thread.start()
             threads.append(thread)
@@ -338,13 +404,18 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.task_index < len(runs):
             raise StudyError(f"--task-index {args.task_index} outside the {len(runs)} planned runs")
         runs = [runs[args.task_index]]
-        records = sweep(runs, extra, args.wandb, args.retry_failed, gpus=1)
-    else:
-        with sweep_lock(out / study.name / args.tier):
-            records = sweep(runs, extra, args.wandb, args.retry_failed, args.gpus)
+    with Children().forwarding() as children:
+        if args.task_index is not None:
+            records = sweep(runs, extra, args.wandb, args.retry_failed, gpus=1, children=children)
+        else:
+            with sweep_lock(out / study.name / args.tier):
+                records = sweep(runs, extra, args.wandb, args.retry_failed, args.gpus, children=children)
     completed = sum(r["status"] == "completed" for r in records)
     failed = sum(r["status"] == "failed" for r in records)
     print(f"{study.name} [{args.tier}]: {completed} completed, {failed} failed, "
           f"{len(records) - completed - failed} missing of {len(records)} runs. "
           f"Report: ablate report {study.name} --tier {args.tier} --out {args.out}")
+    if children.stop_signal:
+        print(f"stopped by {children.stop_signal.name}; run the same command again to resume", file=sys.stderr)
+        return 128 + int(children.stop_signal)
     return 0

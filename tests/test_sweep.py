@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +132,38 @@ def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path: Path) -> None
         with pytest.raises(StudyError, match="another sweep .* is running"):
             with sweep_lock(tmp_path / "study"):
                 pass
+
+
+def test_sigterm_to_the_sweep_alone_checkpoints_its_run_and_the_next_sweep_resumes_it(
+        cifar_dir: Path, tmp_path: Path) -> None:
+    """``kill <sweep pid>`` reaches the ``ablate fit`` child: it saves last.ckpt and exits, the run is
+    not recorded, the sweep exits 143, and the same command resumes the run from that checkpoint."""
+    out, batches = tmp_path / "runs", tmp_path / "batches.log"
+    slow = {"class_path": "tests.test_resume.BatchRecorder", "init_args": {"path": str(batches), "seconds": 0.5}}
+    args = [sys.executable, "-m", "experiments.cli", "sweep", "resnet_depth", "--tier", "smoke", "--only", "resnet20",
+            "--out", str(out), *_data_set(cifar_dir), "--set", "trainer.max_steps=40"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "WANDB_MODE": "offline"}
+    sweep_process = subprocess.Popen([*args, "--set", f"trainer.callbacks+={json.dumps(slow)}"], cwd=tmp_path,
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (batches.is_file() and len(batches.read_text().splitlines()) >= 3):  # "run" and two steps
+        assert sweep_process.poll() is None and time.monotonic() < deadline, sweep_process.communicate()
+        time.sleep(0.2)
+    sweep_process.send_signal(signal.SIGTERM)  # the sweep's pid only, not its process group
+    stdout, stderr = sweep_process.communicate(timeout=120)
+    assert sweep_process.returncode == 143, stderr[-3000:]
+    run_dir = out / "resnet_depth" / "smoke" / "resnet20" / "seed_0"
+    assert "stopped resnet_depth/smoke/resnet20/seed_0: interrupted" in stdout and "stopped by SIGTERM" in stderr
+    assert "interrupted by SIGTERM: saved" in (run_dir / "stderr.log").read_text()
+    assert not (run_dir / "result.json").exists(), "an interrupted run is not a result"
+    steps_at_stop = len(batches.read_text().splitlines())
+    time.sleep(2)
+    assert len(batches.read_text().splitlines()) == steps_at_stop, "the fit child went on training"
+
+    resumed = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"--ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'}" in (run_dir / "stdout.log").read_text()
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
 
 
 def test_grid_selection_uses_validation_not_test(tmp_path: Path) -> None:
