@@ -5,16 +5,20 @@
     ablate bench throughput  [--pattern 'resnet*']            # per architecture: images/s, memory, MFU
     ablate bench time-to-acc [--target 0.85]                  # ResNet-20 on CIFAR-10 to a test accuracy
 
-Every comparison runs its two sides in one process, interleaved (A, B, A, B, ...), several
-repeats, and reports medians and the ratio, so drift in a shared machine's load hits both
-sides alike. Figures print as Markdown and, with ``--json FILE``, as JSON.
+Every comparison runs its two sides in a process pair, one process per side, taking turns
+(A B, B A, A B, ...) for several repeats, and reports medians and the ratio: drift in a shared
+machine's load hits both sides alike, and neither side runs in the heap, allocator or thread
+pools the other has used. Figures print as Markdown and, with ``--json FILE``, as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import multiprocessing
+import os
 import platform
 import statistics
 import sys
@@ -22,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,18 +41,25 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def cifar_datamodule(data_dir: Path | None, batch_size: int):
-    """The project's CIFAR-10 module on the real JPEG copy, or on synthetic pickles without it."""
-    from datamodules import CIFAR10DataModule
+def cifar_dir(data_dir: Path | None) -> Path:
+    """The given CIFAR-10, else the real JPEG copy, else synthetic pickles in a temporary folder."""
     from datamodules.synthetic import write_cifar10_pickles
 
-    if data_dir is None:
-        data_dir = REAL_CIFAR if REAL_CIFAR.is_dir() else write_cifar10_pickles(
-            Path(tempfile.mkdtemp()), per_batch=2000, num_test=1000)
+    if data_dir is not None:
+        return Path(data_dir)
+    return REAL_CIFAR if REAL_CIFAR.is_dir() else write_cifar10_pickles(
+        Path(tempfile.mkdtemp()), per_batch=2000, num_test=1000)
+
+
+@functools.cache  # once per side's process: every repeat of the plain loop reads the same batches
+def cifar_datamodule(data_dir: Path, batch_size: int):
+    """The project's CIFAR-10 module, loaded into memory, with ``standard`` augmentation."""
+    from datamodules import CIFAR10DataModule
+
     dm = CIFAR10DataModule(str(data_dir), batch_size=batch_size, val_size=0, augment="standard", download=False)
     dm.prepare_data()
     dm.setup("fit")
-    return dm, data_dir
+    return dm
 
 
 class _StepTimer:
@@ -69,10 +81,11 @@ class _StepTimer:
         return (self.steps - self.warmup) * batch_size / (self.end - self.start)
 
 
-def plain_loop(net_name: str, dm, steps: int, warmup: int, seed: int) -> float:
+def plain_loop(net_name: str, data_dir: Path, batch_size: int, steps: int, warmup: int, seed: int) -> float:
     """The loop a careful user writes by hand: same batches, augmentation, optimiser, loss."""
     from architectures import create_model
 
+    dm = cifar_datamodule(data_dir, batch_size)
     torch.manual_seed(seed)
     net = create_model(net_name, num_classes=10, in_chans=3).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -125,21 +138,64 @@ def project_fit(net_name: str, data_dir: Path, batch_size: int, steps: int, warm
     return timer.images_per_s(batch_size)
 
 
-def interleaved(sides: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(repeats):
+def _side_process(conn, run: Callable[[], Any]) -> None:
+    """One side's process: ``run()`` once per request from the parent, until told to stop."""
+    os.dup2(2, 1)  # stdout carries the parent's figures alone: Lightning's prints go to stderr
+    sys.stdout = sys.stderr
+    while conn.recv():
+        try:
+            conn.send(("ok", run()))
+        except Exception as error:  # noqa: BLE001 - reported by the parent, which stops the comparison
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+
+
+def interleaved(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[Any]]:
+    """Each side's ``run()`` ``repeats`` times, each side in its own spawned process, taking turns.
+
+    The order alternates (A B, B A, A B, ...), so a machine that slows down or speeds up during the
+    comparison favours neither side. ``run`` must be picklable (a module-level function or a
+    ``functools.partial`` of one).
+    """
+    context = multiprocessing.get_context("spawn")  # no fork after torch's OpenMP pool (it deadlocks)
+    workers = {}
+    try:
         for name, run in sides.items():
-            results[name].append(run())
-    return results
+            conn, child_conn = context.Pipe()
+            process = context.Process(target=_side_process, args=(child_conn, run), daemon=True)
+            process.start()
+            child_conn.close()
+            workers[name] = (process, conn)
+        results: dict[str, list[Any]] = {name: [] for name in sides}
+        names = list(sides)
+        for repeat in range(repeats):
+            for name in names if repeat % 2 == 0 else names[::-1]:
+                process, conn = workers[name]
+                conn.send(True)
+                try:
+                    status, value = conn.recv()
+                except EOFError:
+                    process.join(5)
+                    raise RuntimeError(f"the {name} side's process died (exit status {process.exitcode})") from None
+                if status == "error":
+                    raise RuntimeError(f"the {name} side failed: {value}")
+                results[name].append(value)
+        return results
+    finally:
+        for process, conn in workers.values():
+            with contextlib.suppress(OSError):
+                conn.send(False)
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
 
 
 def bench_overhead(args: argparse.Namespace) -> dict:
-    dm, data_dir = cifar_datamodule(args.data_dir, args.batch_size)
+    data_dir = cifar_dir(args.data_dir)
     rows = []
     for net_name in args.networks.split(","):
         results = interleaved({
-            "plain": lambda n=net_name: plain_loop(n, dm, args.steps, args.warmup, 0),
-            "ablate": lambda n=net_name: project_fit(n, data_dir, args.batch_size, args.steps, args.warmup, 0),
+            "plain": functools.partial(plain_loop, net_name, data_dir, args.batch_size, args.steps, args.warmup, 0),
+            "ablate": functools.partial(project_fit, net_name, data_dir, args.batch_size, args.steps, args.warmup, 0),
         }, args.repeats)
         plain, ours = statistics.median(results["plain"]), statistics.median(results["ablate"])
         rows.append({"network": net_name, "plain_img_s": plain, "ablate_img_s": ours, "ratio": ours / plain,

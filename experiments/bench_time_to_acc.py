@@ -1,6 +1,6 @@
 """``ablate bench time-to-acc``: training wall time until the test accuracy reaches a target.
 
-The same recipe runs twice, interleaved: through ``ablate fit`` and through the plain PyTorch
+The same recipe runs twice, each in its own process, taking turns: through ``ablate fit`` and through the plain PyTorch
 loop a careful user would write (same network, seed, batches, augmentation, optimiser, schedule
 and loss). After every epoch both sides are evaluated by the same function on the test split
 with the clock stopped, so the figure is training time alone; a side stops at the first epoch
@@ -15,6 +15,7 @@ flip test-time augmentation.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -174,8 +175,8 @@ def bench_time_to_acc(args: argparse.Namespace) -> dict:
         raise FileNotFoundError(f"no CIFAR-10 under {data_dir}: give --data-dir (train/ + test/ class folders, "
                                 "or cifar-10-batches-py/)")
     runs = interleaved({
-        "plain": lambda: plain_side(args.network, data_dir, args.epochs, args.target, args.seed),
-        "ablate": lambda: project_side(args.network, data_dir, args.epochs, args.target, args.seed),
+        "plain": functools.partial(plain_side, args.network, data_dir, args.epochs, args.target, args.seed),
+        "ablate": functools.partial(project_side, args.network, data_dir, args.epochs, args.target, args.seed),
     }, args.repeats)
     row: dict = {"network": args.network, "target": args.target, "epochs_budget": args.epochs}
     for side in ("plain", "ablate"):

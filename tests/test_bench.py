@@ -4,9 +4,11 @@ figures; the time-to-accuracy clock stops at the target and says when a side nev
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,34 @@ def test_both_sides_train_the_same_recipe(cifar: Path) -> None:
 def test_time_to_accuracy_without_data_names_the_layout(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="train/ \\+ test/ class folders"):
         bench.main(["time-to-acc", "--data-dir", str(tmp_path / "absent")])
+
+
+def _whoami(side: str) -> tuple[str, int, int]:
+    return side, os.getpid(), time.monotonic_ns()
+
+
+def _fails() -> None:
+    raise ValueError("bad side")
+
+
+def _dies() -> None:
+    os._exit(3)
+
+
+def test_sides_run_in_their_own_processes_taking_turns() -> None:
+    runs = bench.interleaved({"a": functools.partial(_whoami, "a"), "b": functools.partial(_whoami, "b")}, 4)
+    pids = {side: {pid for _, pid, _ in results} for side, results in runs.items()}
+    assert len(pids["a"]) == len(pids["b"]) == 1, "one process per side, kept across repeats"
+    assert pids["a"] != pids["b"] and os.getpid() not in pids["a"] | pids["b"]
+    order = [side for side, _, _ in sorted((r for results in runs.values() for r in results), key=lambda r: r[2])]
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"], "the order alternates, so drift favours neither"
+
+
+def test_a_side_that_fails_or_dies_stops_the_comparison_with_its_name() -> None:
+    with pytest.raises(RuntimeError, match="the b side failed: ValueError: bad side"):
+        bench.interleaved({"a": functools.partial(_whoami, "a"), "b": _fails}, 2)
+    with pytest.raises(RuntimeError, match="the a side's process died \\(exit status 3\\)"):
+        bench.interleaved({"a": _dies, "b": functools.partial(_whoami, "b")}, 2)
 
 
 def test_overhead_and_throughput_print_their_tables(cifar: Path, capsys) -> None:

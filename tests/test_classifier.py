@@ -105,3 +105,43 @@ def test_one_cycle_gets_the_trainers_step_count() -> None:
     configured = model.configure_optimizers()
     assert configured["lr_scheduler"]["scheduler"].total_steps == 123
     assert configured["lr_scheduler"]["interval"] == "step"
+
+
+def test_epoch_training_metrics_cover_every_batch_of_the_epoch(tmp_path) -> None:
+    """train/acc and train/loss_epoch, logged once per epoch, are those of all the epoch's batches."""
+    import csv
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(60, 8), torch.randint(0, 4, (60,))
+    network = TwoHeadNet()
+    network.aux_heads = nn.ModuleList()  # one head: the loss is the main cross-entropy
+    # A learning rate too small to move the weights: the epoch's metrics are the network's on the data.
+    model = ImageClassifier(network, optimizer=functools.partial(torch.optim.SGD, lr=1e-12))
+    expected = []
+
+    class BiasEachEpoch(pl.Callback):
+        """A different network each epoch (a bias towards class `epoch`), so a metric that was not
+        reset between epochs would show."""
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            with torch.no_grad():
+                network.main.bias[trainer.current_epoch] += 0.5
+                logits = network(images).logits
+            expected.append(((logits.argmax(1) == labels).float().mean().item(),
+                             F.cross_entropy(logits, labels).item()))
+
+    trainer = pl.Trainer(max_epochs=2, logger=CSVLogger(tmp_path), log_every_n_steps=1, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=[BiasEachEpoch()])
+    trainer.fit(model, DataLoader(TensorDataset(images, labels), batch_size=16))  # 16+16+16+12
+    with open(next(tmp_path.rglob("metrics.csv"))) as handle:
+        epochs = [row for row in csv.DictReader(handle) if row["train/acc"]]
+    assert [row["epoch"] for row in epochs] == ["0", "1"]
+    assert expected[0] != expected[1]
+    for row, (accuracy, loss) in zip(epochs, expected, strict=True):
+        assert float(row["train/acc"]) == pytest.approx(accuracy, abs=1e-6)
+        assert float(row["train/loss_epoch"]) == pytest.approx(loss, abs=1e-5)
