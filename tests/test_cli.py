@@ -119,3 +119,15 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
         os.close(write_end)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_default_progress_bar_redraws_ten_times_a_second(synthetic_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    """Lightning's rich bar redraws 100 times a second from a thread that competes with training."""
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    from experiments.cli import run_lightning_cli
+
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning_cli(["--config", QUICKSTART, *_data_args(synthetic_mnist)], run=False)
+    (bar,) = [callback for callback in cli.trainer.callbacks if isinstance(callback, RichProgressBar)]
+    assert bar.refresh_rate == 10
