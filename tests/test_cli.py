@@ -121,13 +121,28 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
 
 
-def test_default_progress_bar_redraws_ten_times_a_second(synthetic_mnist: Path, tmp_path: Path, monkeypatch) -> None:
-    """Lightning's rich bar redraws 100 times a second from a thread that competes with training."""
-    from pytorch_lightning.callbacks import RichProgressBar
-
+def test_default_progress_bar_updates_twice_a_second(synthetic_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    """Lightning's rich bar reads the metrics after every batch and redraws 100 times a second."""
     from experiments.cli import run_lightning_cli
+    from lightning_modules.progress import ThrottledRichProgressBar
 
     monkeypatch.chdir(tmp_path)
     cli = run_lightning_cli(["--config", QUICKSTART, *_data_args(synthetic_mnist)], run=False)
-    (bar,) = [callback for callback in cli.trainer.callbacks if isinstance(callback, RichProgressBar)]
-    assert bar.refresh_rate == 10
+    (bar,) = [callback for callback in cli.trainer.callbacks if isinstance(callback, ThrottledRichProgressBar)]
+    assert bar.refresh_rate == 2
+
+
+def test_throttled_bar_skips_updates_within_its_interval_but_never_the_epochs_last(monkeypatch) -> None:
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    from lightning_modules.progress import ThrottledRichProgressBar
+
+    updated = []
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end", lambda self, *args: updated.append(args[-1]))
+    monkeypatch.setattr(ThrottledRichProgressBar, "total_train_batches", 6)
+    clock = iter([0.0, 0.1, 0.2, 0.6, 0.7, 0.8])  # seconds at the end of batches 0..5
+    monkeypatch.setattr("lightning_modules.progress.time.monotonic", lambda: next(clock))
+    bar = ThrottledRichProgressBar(refresh_rate=2)
+    for batch_idx in range(6):
+        bar.on_train_batch_end(None, None, None, None, batch_idx)
+    assert updated == [0, 3, 5], "the first batch, the first after 0.5 s, and the epoch's last"
