@@ -19,7 +19,6 @@ from pathlib import Path
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 PRESETS = Path(__file__).parent / "presets"
-PROGRESS_UPDATES_PER_S = 2
 # jsonargparse's notices about its own API, which Lightning calls, mean nothing to our users.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
@@ -63,7 +62,7 @@ class AblateCLI(LightningCLI):
         ):
             # Updated and redrawn twice a second, not after every batch and 100 times a second
             # (lightning_modules/progress.py: that cost ResNet-20 3.5% on 2 CPU cores).
-            callbacks = [*callbacks, ThrottledRichProgressBar(refresh_rate=PROGRESS_UPDATES_PER_S)]
+            callbacks = [*callbacks, ThrottledRichProgressBar()]
         trainer = super()._instantiate_trainer(config, callbacks)
         _align_logger_versions(trainer.loggers)
         return trainer
