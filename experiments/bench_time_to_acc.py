@@ -1,10 +1,10 @@
 """``ablate bench time-to-acc``: training wall time until the test accuracy reaches a target.
 
-The same recipe runs twice, each in its own process, taking turns: through ``ablate fit`` and through the plain PyTorch
-loop a careful user would write (same network, seed, batches, augmentation, optimiser, schedule
-and loss). After every epoch both sides are evaluated by the same function on the test split
-with the clock stopped, so the figure is training time alone; a side stops at the first epoch
-whose accuracy reaches the target. The ratio is project time over plain time (1.0 = free).
+The same recipe runs twice, each side in its own process, taking turns: through ``ablate fit``
+and through the plain PyTorch loop a careful user would write (same network, seed, batches,
+augmentation, optimiser, schedule and loss). After every epoch both sides are evaluated by the
+same function on the test split with the clock stopped, so the figure is training time alone; a
+side stops at the first epoch whose accuracy reaches the target. The ratio is project time over plain time (1.0 = free).
 
 The recipe is ``experiments/fast_cifar10.yaml`` (ideas from airbench and
 hlb-CIFAR10, kept to what ``ablate fit`` offers): Nesterov SGD, a one-cycle schedule stepped
