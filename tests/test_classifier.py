@@ -107,9 +107,13 @@ def test_one_cycle_gets_the_trainers_step_count() -> None:
     assert configured["lr_scheduler"]["interval"] == "step"
 
 
-def test_epoch_training_metrics_cover_every_batch_of_the_epoch(tmp_path) -> None:
+# 4 batches an epoch: the queue flushed every step; mid-epoch and at the end; at the end only.
+@pytest.mark.parametrize("queued", [1, 3, 16])
+def test_epoch_training_metrics_cover_every_batch_of_the_epoch(tmp_path, monkeypatch, queued) -> None:
     """train/acc and train/loss_epoch, logged once per epoch, are those of all the epoch's batches."""
     import csv
+
+    monkeypatch.setattr("lightning_modules.classifier.TRAIN_METRIC_BATCHES", queued)
 
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
@@ -145,3 +149,36 @@ def test_epoch_training_metrics_cover_every_batch_of_the_epoch(tmp_path) -> None
     for row, (accuracy, loss) in zip(epochs, expected, strict=True):
         assert float(row["train/acc"]) == pytest.approx(accuracy, abs=1e-6)
         assert float(row["train/loss_epoch"]) == pytest.approx(loss, abs=1e-5)
+
+
+def test_step_loss_goes_to_the_loggers_on_their_steps_and_to_the_bar_on_every_step(tmp_path) -> None:
+    """train/loss is logged on the steps the loggers write, with that step's loss; the bar shows the last one."""
+    import csv
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_modules.progress import ThrottledRichProgressBar
+
+    torch.manual_seed(0)
+    network = TwoHeadNet()
+    network.aux_heads = nn.ModuleList()
+    model = ImageClassifier(network, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    step_losses = []
+    bar = ThrottledRichProgressBar()
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            step_losses.append(outputs["loss"].item())
+            assert bar.get_metrics(trainer, pl_module)["train/loss"] == pytest.approx(step_losses[-1])
+
+    trainer = pl.Trainer(max_epochs=1, logger=CSVLogger(tmp_path), log_every_n_steps=3, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=[Record()])
+    trainer.fit(model, DataLoader(TensorDataset(torch.randn(56, 8), torch.randint(0, 4, (56,))), batch_size=8))
+    with open(next(tmp_path.rglob("metrics.csv"))) as handle:
+        logged = {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(handle) if row["train/loss"]}
+    assert len(step_losses) == 7 and len(set(step_losses)) == 7  # the weights move: every step's loss differs
+    # Steps 3 and 6 (1-based), by log_every_n_steps: the rows Lightning wrote when every step was logged.
+    assert logged == pytest.approx({2: step_losses[2], 5: step_losses[5]})

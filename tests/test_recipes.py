@@ -363,7 +363,7 @@ def test_bf16_mixed_autocasts_on_cpu() -> None:
     trainer.fit(model, datamodule=TinyData())
     assert seen and set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in model.parameters()), "weights stay fp32"
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
 
 
 CHANNELS_LAST_MODELS = [
