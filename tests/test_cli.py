@@ -146,3 +146,21 @@ def test_throttled_bar_skips_updates_within_its_interval_but_never_the_epochs_la
     for batch_idx in range(6):
         bar.on_train_batch_end(None, None, None, None, batch_idx)
     assert updated == [0, 3, 5], "the first batch, the first after 0.5 s, and the epoch's last"
+
+
+def test_a_finished_run_leaves_nothing_alive_in_the_process(synthetic_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    """jsonargparse keeps its last sub-parser in a ContextVar, and through it the whole CLI (trainer,
+    model, data tensors): a second run in one process (a notebook, `ablate bench`) held both."""
+    import gc
+    import weakref
+
+    from experiments.cli import run_lightning_cli
+
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning_cli(["--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
+                             "--trainer.max_steps=2", "--trainer.limit_val_batches=1"], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    alive = [weakref.ref(thing) for thing in (cli, cli.trainer, cli.model, cli.datamodule, cli.datamodule.train_set)]
+    del cli
+    gc.collect()
+    assert [ref() for ref in alive] == [None] * len(alive)
