@@ -45,8 +45,9 @@ from lightning_modules.param_groups import build_param_groups, check_prefixes, s
 PER_CLASS_SCALARS = 20
 
 # Training batches whose logits feed the training metrics in one torchmetrics update. An update
-# costs ~0.7 ms of Python per step on the CPU (`ablate bench overhead`) and a dozen small kernel
-# launches on a GPU, whatever the batch; queued, the same values cost a sixteenth of that.
+# costs ~0.7 ms of Python on the CPU (timed per step phase, README "Benchmarks") and a dozen small
+# kernel launches on a GPU, whatever the batch; queued, the same values cost a sixteenth of that.
+# The queue holds 16 batches of logits (16 MB for ImageNet at batch 256).
 TRAIN_METRIC_BATCHES = 16
 
 
