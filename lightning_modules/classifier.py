@@ -288,9 +288,10 @@ class ImageClassifier(pl.LightningModule):
         losses = self.compute_loss(out, targets)
         logits = out.logits if isinstance(out, AuxOutputs) else out
         hard_targets = targets.argmax(dim=1) if targets.is_floating_point() else targets
-        metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[stage]
+        # The training metrics are fed from a queue and logged once, in on_train_epoch_end.
+        metrics = {"val": self.val_metrics, "test": self.test_metrics}.get(stage)
         on_step = stage == "train"
-        if stage != "train":
+        if metrics is not None:
             metrics.update(logits.detach(), hard_targets)
         if stage == "test":
             self.test_loss.update(losses["loss"].detach(), weight=len(images))
@@ -314,7 +315,7 @@ class ImageClassifier(pl.LightningModule):
             for name, value in losses.items():
                 if name != "loss":
                     self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True, sync_dist=not on_step)
-        if stage != "train":  # the training metrics are logged once, in on_train_epoch_end
+        if metrics is not None:
             self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
         if stage != "train" and self.ema_active():
             other = self.network if self.ema_eval else self.ema_network.module
