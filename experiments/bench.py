@@ -9,7 +9,8 @@ Every comparison runs its two sides in a process pair, one process per side, tak
 (A B, B A, A B, ...) for several repeats, and reports medians and the ratio: drift in a shared
 machine's load hits both sides alike, and neither side runs in the heap, allocator or thread
 pools the other has used. Each side's process collects its garbage between repeats, so a repeat
-does not run beside the last one's unfreed trainer and data. Figures print as Markdown and, with ``--json FILE``, as JSON.
+does not run beside the last one's unfreed trainer and data. Figures print as Markdown and,
+with ``--json FILE``, as JSON.
 """
 
 from __future__ import annotations
