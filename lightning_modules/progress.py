@@ -48,3 +48,11 @@ class ThrottledRichProgressBar(RichProgressBar):
         if isinstance(step_loss, torch.Tensor):
             metrics["train/loss"] = step_loss.item()  # one host sync per redraw, not per step
         return metrics
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        # Lightning writes "Epoch 0/-2" when steps bound the run (max_epochs=-1, as `ablate bench` sets).
+        description = f"Epoch {current_epoch}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+            description += f"/{self.trainer.max_epochs - 1}"
+        # Padded to the validation bar's description, as Lightning does, so the bar does not flicker.
+        return f"{description:{len(self.validation_description)}}"

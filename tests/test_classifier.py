@@ -182,3 +182,16 @@ def test_step_loss_goes_to_the_loggers_on_their_steps_and_to_the_bar_on_every_st
     assert len(step_losses) == 7 and len(set(step_losses)) == 7  # the weights move: every step's loss differs
     # Steps 3 and 6 (1-based), by log_every_n_steps: the rows Lightning wrote when every step was logged.
     assert logged == pytest.approx({2: step_losses[2], 5: step_losses[5]})
+
+
+@pytest.mark.parametrize(("max_epochs", "max_steps", "expected"), [(3, -1, "Epoch 1/2"), (-1, 5, "Epoch 1")])
+def test_the_bar_names_the_last_epoch_only_when_epochs_bound_the_run(max_epochs, max_steps, expected) -> None:
+    import pytorch_lightning as pl
+
+    from lightning_modules.progress import ThrottledRichProgressBar
+
+    bar = ThrottledRichProgressBar()
+    trainer = pl.Trainer(max_epochs=max_epochs, max_steps=max_steps, callbacks=[bar], logger=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    bar.setup(trainer, None, "fit")
+    assert bar._get_train_description(1).strip() == expected
