@@ -16,10 +16,22 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any, Literal
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from lightning_modules.files import write_json_atomic
+from lightning_modules.reliability import _say, last_checkpoint_path
+
 PRESETS = Path(__file__).parent / "presets"
+# Written by `fit --test_after_fit` into the run folder: {"final"|"best": {"metrics": {...}, ...}}.
+TEST_RESULTS = "test_results.json"
+# The weights at the end of training, saved beside last.ckpt by `fit --test_after_fit` when it tests them.
+FINAL_CHECKPOINT = "final.ckpt"
+# Exit statuses: a run that could not start (configuration, data, checkpoint) is the user's to fix and
+# says nothing about the arm; a run that failed while training (divergence, a crash mid-run) is a result.
+EXIT_TRAINING_FAILED = 1
+EXIT_SETUP_ERROR = 2
 # jsonargparse's notices about its own API, which Lightning calls, mean nothing to our users.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
@@ -37,6 +49,10 @@ TOOLS: dict[str, str] = {
 }
 
 
+# The trainer of the run in progress in this process (see ``_classify``).
+_RUN: dict[str, Any] = {}
+
+
 class AblateCLI(LightningCLI):
     """LightningCLI with the data -> model links and aligned logger versions."""
 
@@ -45,7 +61,14 @@ class AblateCLI(LightningCLI):
             "--test_after_fit",
             type=bool,
             default=False,
-            help="After `fit`, evaluate the best checkpoint on the test split in the same run.",
+            help="After `fit`, evaluate on the test split in the same run (which model: --test_checkpoint).",
+        )
+        parser.add_argument(
+            "--test_checkpoint",
+            type=Literal["best", "final", "both"],
+            default="best",
+            help="With --test_after_fit: the checkpoint with the best val/acc (best), the weights at the end "
+            "of training (final: what the papers report), or both; results go to test_results.json in the run.",
         )
         parser.link_arguments("data.num_classes", "model.network.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.network.init_args.in_chans", apply_on="instantiate")
@@ -66,6 +89,7 @@ class AblateCLI(LightningCLI):
             callbacks = [*callbacks, ThrottledRichProgressBar()]
         trainer = super()._instantiate_trainer(config, callbacks)
         _align_logger_versions(trainer.loggers)
+        _RUN["trainer"] = trainer  # for the exit status: had training begun when an error came?
         return trainer
 
     # --- Reliability (issue #8; lightning_modules/reliability.py, README "Reliability") ---------
@@ -88,19 +112,43 @@ class AblateCLI(LightningCLI):
 
 
     def after_fit(self) -> None:
-        if self.config.fit.get("test_after_fit") and not self.trainer.interrupted:
-            callback = self.trainer.checkpoint_callback
-            best = "best" if callback is not None and callback.best_model_path else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
-            self.after_test()
-
-    def after_test(self) -> None:
-        """A one-line summary the demo ends with (Lightning's table precedes it)."""
-        metrics = self.trainer.callback_metrics
+        if not self.config.fit.get("test_after_fit") or self.trainer.interrupted:
+            return
+        which = self.config.fit.get("test_checkpoint") or "best"
+        callback = self.trainer.checkpoint_callback
+        best = callback.best_model_path if callback is not None and callback.best_model_path else None
+        if best is None and which == "best":
+            _say("ablate: no best checkpoint (no validation ran); testing the final weights")
+        results: dict[str, dict | None] = {}
+        final = None
+        if which in ("final", "both") or best is None:
+            # Kept as a file of its own and tested from it: after the best checkpoint's test has loaded
+            # its weights, and because under SLURM Lightning swaps ckpt_path=None for a requeued run's
+            # older pre-emption checkpoint.
+            final = last_checkpoint_path(self.trainer).with_name(FINAL_CHECKPOINT)
+            self.trainer.save_checkpoint(final, weights_only=True)
+        if which in ("best", "both") and best:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+            results["best"] = self._test_summary("best checkpoint", checkpoint=best)
+        # The final model is tested last, so the run's per-class files and last test rows are its own.
+        if final is not None:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=str(final))
+            results["final"] = self._test_summary("final model", checkpoint=str(final), step=self.trainer.global_step)
         log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
-        if "test/acc" in metrics and self.trainer.is_global_zero:
-            acc = float(metrics["test/acc"])
-            print(f"test accuracy: {100 * acc:.2f}%  test error: {100 * (1 - acc):.2f}%  run: {log_dir}")
+        if self.trainer.is_global_zero and log_dir:
+            write_json_atomic(Path(log_dir) / TEST_RESULTS, results)
+
+    def _test_summary(self, model: str, **where: object) -> dict | None:
+        """The test metrics just computed, and the one-line summary the demo ends with."""
+        metrics = {key: float(value) for key, value in self.trainer.callback_metrics.items()
+                   if key.startswith("test/")}
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
+        if "test/acc" not in metrics:
+            return None
+        if self.trainer.is_global_zero:
+            acc = metrics["test/acc"]
+            print(f"test accuracy ({model}): {100 * acc:.2f}%  test error: {100 * (1 - acc):.2f}%  run: {log_dir}")
+        return {"metrics": metrics, **where}
 
 
 def _align_logger_versions(loggers: list) -> None:
@@ -142,6 +190,26 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Ablate
         args=args,
         run=run,
     )
+
+
+def _classify(error: BaseException) -> int:
+    """The exit status of an error: a failure of training, or a run that could not start.
+
+    Divergence is always a training outcome. Configuration, data and checkpoint errors never are,
+    wherever they surface (a corrupt image can be met mid-epoch). Anything else counts as a training
+    failure once an optimiser step has been taken, and as a setup error before.
+    """
+    from datamodules.base import DataFormatError, DataNotFoundError
+    from experiments.study import StudyError
+    from lightning_modules.classifier import NonFiniteLossError
+    from lightning_modules.reliability import CheckpointError, ConfigError
+
+    if isinstance(error, NonFiniteLossError):
+        return EXIT_TRAINING_FAILED
+    if isinstance(error, (DataNotFoundError, DataFormatError, ConfigError, CheckpointError, StudyError)):
+        return EXIT_SETUP_ERROR
+    trainer = _RUN.get("trainer")
+    return EXIT_TRAINING_FAILED if trainer is not None and trainer.global_step > 0 else EXIT_SETUP_ERROR
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
@@ -195,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
 
             message = condense_parser_error(message)
         print(f"ablate: error: {type(error).__name__}: {message}", file=sys.stderr)
-        return 1
+        return _classify(error)
+    finally:
+        _RUN.clear()
 
 
 def console_main() -> None:

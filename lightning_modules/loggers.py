@@ -147,6 +147,16 @@ class SaveConfigToWandb(SaveConfigCallback):
     module's hyper-parameters, so ``WandbLogger.log_hyperparams`` knows what to leave out.
     """
 
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # `ablate test` (validate, predict) of a run in its own folder keeps the config.yaml that
+        # trained it and writes its own beside it.
+        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
+        if stage != "fit" and not self.already_saved:
+            log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks
+            if log_dir and (Path(log_dir) / self.config_filename).is_file():
+                self.config_filename = f"config_{stage}.yaml"
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if wandb_loggers:

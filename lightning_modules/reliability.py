@@ -351,20 +351,12 @@ def find_last_checkpoint(trainer_config: Any) -> tuple[Path | None, int | str | 
             dirpath = _get(callback, "init_args", "dirpath")
             if dirpath:
                 return _newest_last(Path(dirpath)), None
-    loggers = _as_list(_get(trainer_config, "logger"))
-    default_root = Path(_get(trainer_config, "default_root_dir", default=os.getcwd()))
-    if not loggers or loggers[0] is False:
-        return _newest_last(default_root / "checkpoints"), None
-    first = loggers[0]
-    if first is True:  # Lightning's default TensorBoardLogger
-        root, version = default_root / "lightning_logs", None
-    else:
-        if not str(_get(first, "class_path", default="")).endswith(("CSVLogger", "TensorBoardLogger")):
-            return None, None  # other loggers keep their own run folders: leave "last" to Lightning
-        args = _get(first, "init_args")
-        name = _get(args, "name", default="lightning_logs")
-        root = Path(_get(args, "save_dir", default=default_root)) / (name or "")
-        version = _get(args, "version")
+    located = _logger_root(trainer_config)
+    if located is None:
+        return None, None  # other loggers keep their own run folders: leave "last" to Lightning
+    root, version = located
+    if root is None:
+        return _newest_last(Path(version) / "checkpoints"), None
     if version is not None:
         folder = root / (version if isinstance(version, str) else f"version_{version}")
         return _newest_last(folder / "checkpoints"), None
@@ -378,6 +370,58 @@ def find_last_checkpoint(trainer_config: Any) -> tuple[Path | None, int | str | 
         if path is not None:
             return path, number
     return None, None
+
+
+def _logger_root(trainer_config: Any) -> tuple[Path | None, Any] | None:
+    """Where the first file logger writes: ``(root, version)``, the run folder being
+    ``root/version_N`` (or ``root/<version>`` for a string); ``(None, folder)`` when there is no
+    logger and ``folder`` is the run folder itself; None for loggers that keep their own folders."""
+    loggers = _as_list(_get(trainer_config, "logger"))
+    default_root = Path(_get(trainer_config, "default_root_dir", default=os.getcwd()))
+    if not loggers or loggers[0] is False:
+        return None, default_root
+    first = loggers[0]
+    if first is True:  # Lightning's default TensorBoardLogger
+        return default_root / "lightning_logs", None
+    if not str(_get(first, "class_path", default="")).endswith(("CSVLogger", "TensorBoardLogger")):
+        return None
+    args = _get(first, "init_args")
+    name = _get(args, "name", default="lightning_logs")
+    return Path(_get(args, "save_dir", default=default_root)) / (name or ""), _get(args, "version")
+
+
+def fixed_run_folder(trainer_config: Any) -> Path | None:
+    """The run folder when the configuration names it (a fixed logger version, as in the config.yaml
+    of a sweep's run), else None: Lightning then numbers a new ``version_N`` for every run."""
+    located = _logger_root(trainer_config)
+    if located is None:
+        return None
+    root, version = located
+    if root is None:
+        return Path(version)
+    if version is None:
+        return None
+    return root / (version if isinstance(version, str) else f"version_{version}")
+
+
+def refuse_to_overwrite_a_finished_run(trainer_config: Any, ckpt_path: Any) -> None:
+    """A ``fit`` into a folder that holds a finished run would replace its metrics.csv, its
+    ``last.ckpt`` and its best checkpoint, while its ``result.json`` kept the old numbers."""
+    folder = fixed_run_folder(trainer_config)
+    if folder is None or not folder.is_dir():
+        return
+    fresh = "give the run a folder of its own (e.g. --trainer.logger.init_args.save_dir runs/again)"
+    if (folder / "result.json").is_file():
+        raise ConfigError(
+            f"{folder} holds a finished run (result.json): fitting into it would replace its metrics and "
+            f"checkpoints. To train this configuration again, {fresh}."
+        )
+    checkpoints = sorted((folder / "checkpoints").glob("*.ckpt")) if (folder / "checkpoints").is_dir() else []
+    if checkpoints and ckpt_path is None:
+        raise ConfigError(
+            f"{folder} already holds checkpoints ({', '.join(path.name for path in checkpoints[:3])}): a new run "
+            f"would overwrite them. Resume it with --ckpt_path last, or {fresh}."
+        )
 
 
 def _as_list(value: Any) -> list:
@@ -412,6 +456,7 @@ def prepare_run(config: Any) -> dict[str, Any] | None:
         )
     if subcommand == "fit":
         _check_learning_rate(run)
+        refuse_to_overwrite_a_finished_run(run.get("trainer"), run.get("ckpt_path"))
     ckpt_path = run.get("ckpt_path")
     if ckpt_path == "last":
         path, version = find_last_checkpoint(run.get("trainer"))
@@ -459,6 +504,9 @@ def check_run(cli: Any, checkpoint: dict[str, Any] | None) -> None:
         check_checkpoint_fits(cli.model, checkpoint, path)
         if subcommand == "fit":
             keep_metrics_history(cli.trainer, int(checkpoint.get("global_step", 0)))
+    if subcommand in ("validate", "test", "predict"):
+        # Evaluating a run in its own folder adds rows to its metrics.csv rather than replacing it.
+        keep_metrics_history(cli.trainer, sys.maxsize)
 
 
 def _check_linked_values(run: Any, datamodule: Any) -> None:
@@ -487,10 +535,10 @@ def _check_linked_values(run: Any, datamodule: Any) -> None:
 
 
 def keep_metrics_history(trainer: pl.Trainer, resume_step: int) -> None:
-    """Keep the rows a resumed run's ``metrics.csv`` had before ``resume_step``.
+    """Keep the rows a resumed run's ``metrics.csv`` had before ``resume_step`` (every row: ``sys.maxsize``).
 
     Lightning's CSV logger deletes an existing ``metrics.csv`` when it opens a run folder; a run
-    resumed into its own folder would lose its history. The rows logged before the checkpoint's
+    resumed into its own folder, or evaluated there, would lose its history. The rows logged before the checkpoint's
     step are read first and written back ahead of the resumed run's (later rows are logged again).
     """
     from pytorch_lightning.loggers import CSVLogger

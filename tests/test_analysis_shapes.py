@@ -113,12 +113,12 @@ def test_shapes_of_a_registered_network_writes_json_csv_png(tmp_path: Path, caps
 
 
 def test_bad_arithmetic_input_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["shapes", "--conv", "28x28"]) == 1
+    assert cli.main(["shapes", "--conv", "28x28"]) == 2  # a bad input: the command could not start
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("ablate: error: ValueError: --conv takes HxWxC")
 
 
 def test_unknown_architecture_ends_in_a_clear_message(tmp_path: Path) -> None:
     result = run_ablate("shapes", "resnet_twenty", cwd=tmp_path, timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ablate: error: KeyError: unknown architecture 'resnet_twenty'"), result.stderr[-2000:]

@@ -53,7 +53,7 @@ def test_a_checkpoint_carrying_code_is_refused_before_it_runs(how: str, tmp_path
     option = f"--ckpt_path={malicious}" if how == "ckpt_path" else f"--model.weights={malicious}"
     result = run_ablate(*_fit_args(data), "--trainer.fast_dev_run=true", option, cwd=tmp_path,
                         env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
-    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.returncode == 2, result.stderr[-3000:]
     assert not (tmp_path / MARKER).exists(), "the pickled payload ran"
     last = result.stderr.strip().splitlines()[-1]
     if how == "ckpt_path":
@@ -166,7 +166,7 @@ def test_a_second_sweep_on_the_same_folder_is_refused_and_the_first_finishes(tmp
         time.sleep(0.1)
     second = run_ablate(*args, cwd=tmp_path, timeout=600)
     assert first.poll() is None, "the first sweep was still running when the second was refused"
-    assert second.returncode == 1
+    assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1] == (
         f"ablate: error: StudyError: another sweep ({lock.read_text()}) is running on {out / 'locked' / 'smoke'}; "
         "wait for it or use another --out"

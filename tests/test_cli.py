@@ -97,7 +97,7 @@ def test_bad_config_fails_with_a_message(args: list[str], message: str, syntheti
 def test_missing_dataset_fails_with_the_expected_layout(tmp_path: Path) -> None:
     result = run_ablate("fit", "--config", QUICKSTART, *QUICK, f"--data.data_dir={tmp_path / 'absent'}",
                         "--data.init_args.download=false", cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a run that could not start
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ablate: error: DataNotFoundError: MNIST not found")
     assert "train-images-idx3-ubyte" in last_line
