@@ -13,56 +13,93 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.study import TIERS, Study, load_study
-from experiments.sweep import DEFAULT_OUT, write_json_atomic
+from experiments.study import TIERS, Study, StudyError, load_study
+from experiments.sweep import DEFAULT_OUT, CorruptResult, read_result
+from lightning_modules.files import write_json_atomic, write_text_atomic
 
 
-def _seed_results(point_dir: Path, metric: str) -> tuple[list[dict], list[str], int]:
-    """Completed records, failure notes and the count of unfinished runs under one grid point."""
-    completed, failures, unfinished = [], [], 0
+@dataclass
+class Seeds:
+    """The runs under one arm (or one grid point of it)."""
+
+    completed: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # one note per failed or corrupt run
+    diverged: int = 0  # of the failures, the runs whose loss or result was not finite
+    unfinished: int = 0
+
+    def add(self, other: Seeds, prefix: str) -> None:
+        self.failures += [f"{prefix} {note}" for note in other.failures]
+        self.diverged += other.diverged
+        self.unfinished += other.unfinished
+
+
+def _seed_results(point_dir: Path, metric: str) -> Seeds:
+    """The records under one grid point.
+
+    A result that is not a finite number is a divergence: a failure, never a number or a rank.
+    A corrupt result.json is named and counted as a failure.
+    """
+    seeds = Seeds()
     for seed_dir in sorted(point_dir.glob("seed_*")):
-        record = _read(seed_dir / "result.json")
+        try:
+            record = read_result(seed_dir)
+        except CorruptResult as error:
+            seeds.failures.append(f"{seed_dir.name}: {error}")
+            continue
         if record is None:
-            unfinished += 1
-        elif record.get("status") == "completed" and metric in record.get("metrics", {}):
-            completed.append(record)
-        else:
-            failures.append(f"seed {record.get('seed')}: {record.get('reason', 'failed')}")
-    return completed, failures, unfinished
+            seeds.unfinished += 1
+            continue
+        value = record.get("metrics", {}).get(metric) if record["status"] == "completed" else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            seeds.completed.append(record)
+            continue
+        diverged = value is not None or bool(record.get("diverged"))
+        reason = f"{metric} = {value}" if value is not None else record.get("reason") or f"finished without {metric}"
+        seeds.failures.append(f"{seed_dir.name}: {'diverged: ' if diverged else ''}{reason}")
+        seeds.diverged += diverged
+    return seeds
 
 
-def _select_point(study: Study, arm_dir: Path) -> tuple[str, list[dict], list[str], int]:
+def _select_point(study: Study, arm_dir: Path) -> tuple[str, Seeds]:
     """The grid point with the best mean validation accuracy (the papers' model selection)."""
     if not study.grid:
-        return "", *_seed_results(arm_dir, study.metric)
-    best, failures, unfinished = None, [], 0
+        return "", _seed_results(arm_dir, study.metric)
+    best, seeds = None, Seeds()
     for point_dir in sorted(p for p in arm_dir.iterdir() if p.is_dir()) if arm_dir.is_dir() else []:
-        completed, point_failures, point_unfinished = _seed_results(point_dir, study.metric)
-        failures += [f"{point_dir.name} {note}" for note in point_failures]
-        unfinished += point_unfinished
-        scores = [r["metrics"].get("val/acc_best") for r in completed]
-        if completed and all(score is not None for score in scores):
+        point = _seed_results(point_dir, study.metric)
+        seeds.add(point, point_dir.name)
+        scores = [r["metrics"].get("val/acc_best") for r in point.completed]
+        if point.completed and all(score is not None for score in scores):
             score = statistics.fmean(scores)
             if best is None or score > best[0]:
-                best = (score, point_dir.name, completed)
+                best = (score, point_dir.name, point.completed)
     if best is None:
-        return "", [], failures, unfinished
-    return best[1], best[2], failures, unfinished
+        return "", seeds
+    seeds.completed = best[2]
+    return best[1], seeds
+
+
+def runs_found(study: Study, tier: str, out: Path) -> bool:
+    """Whether the tier's folder holds any run folder of the study's arms."""
+    tier_dir = out / study.name / tier
+    return any(any((tier_dir / arm).rglob("seed_*")) for arm in study.arms if (tier_dir / arm).is_dir())
 
 
 def collect(study: Study, tier: str, out: Path) -> list[dict]:
     """One row per arm, in the paper's table order."""
     rows = []
     for arm in study.arms.values():
-        selected, completed, failures, unfinished = _select_point(study, out / study.name / tier / arm.name)
+        selected, seeds = _select_point(study, out / study.name / tier / arm.name)
+        completed = seeds.completed
         values = [float(r["metrics"][study.metric]) for r in completed]
         params = next((r.get("params") for r in completed if r.get("params")), None)
+        fingerprints = sorted({r.get("fingerprint") or "none" for r in completed})
         row = {
             "arm": arm.name,
             "label": arm.label,
@@ -73,19 +110,25 @@ def collect(study: Study, tier: str, out: Path) -> list[dict]:
             "std": statistics.stdev(values) if len(values) > 1 else (0.0 if values else None),
             "median": statistics.median(values) if values else None,
             "values": values,
-            "failed": len(failures),
-            "failures": failures,
-            "unfinished": unfinished,
+            "failed": len(seeds.failures),
+            "diverged": seeds.diverged,
+            "failures": seeds.failures,
+            "unfinished": seeds.unfinished,
             "params": params,
             # What the runs changed beyond the arm's config (``ablate sweep --set``), e.g. the depth.
             "extra_args": sorted({" ".join(r.get("extra_args") or []) for r in completed} - {""}),
+            # Which configuration and code produced the numbers; more than one is flagged.
+            "fingerprints": fingerprints,
+            "commits": sorted({r.get("git_commit") or "unknown" for r in completed}),
+            "tested": sorted({r.get("tested") or "best (made before final-model testing)" for r in completed}),
         }
         ours = row[study.summary]
-        row["ours"] = ours
+        # An arm whose every run diverged is the paper's "fail": it ranks last, it is no number.
+        row["ours"] = "fail" if ours is None and seeds.diverged else ours
         # The paper's "fail" and the difference are statements about its full schedule: a compressed
         # tier is compared by the order of the arms instead (``ranks``).
         full = tier == "full"
-        row["fail"] = full and ours is not None and ours > study.fail_above
+        row["fail"] = row["ours"] == "fail" or (full and ours is not None and ours > study.fail_above)
         row["diff"] = ours - arm.paper if full and ours is not None and isinstance(arm.paper, (int, float)) else None
         rows.append(row)
     _rank(rows)
@@ -107,13 +150,17 @@ def _average_ranks(values: list[float]) -> list[float]:
     return ranks
 
 
+def _as_rankable(value: float | str) -> float:
+    return float("inf") if value == "fail" else float(value)
+
+
 def _rank(rows: list[dict]) -> None:
-    """``rank_paper`` and ``rank_ours`` over the arms with a result and a published value ('fail'
-    ranks after every number, as a tie)."""
+    """``rank_paper`` and ``rank_ours`` over the arms with a result and a published value ('fail',
+    the paper's or a diverged arm of ours, ranks after every number, as a tie)."""
     ranked = [row for row in rows if row["ours"] is not None and row["paper"] is not None]
-    paper = [float("inf") if row["paper"] == "fail" else float(row["paper"]) for row in ranked]
-    for row, rank_paper, rank_ours in zip(ranked, _average_ranks(paper),
-                                          _average_ranks([row["ours"] for row in ranked]), strict=True):
+    paper = [_as_rankable(row["paper"]) for row in ranked]
+    ours = [_as_rankable(row["ours"]) for row in ranked]
+    for row, rank_paper, rank_ours in zip(ranked, _average_ranks(paper), _average_ranks(ours), strict=True):
         row["rank_paper"], row["rank_ours"] = rank_paper, rank_ours
 
 
@@ -129,13 +176,6 @@ def rank_agreement(rows: list[dict]) -> tuple[float | None, int]:
     return (cov / spread if spread else None), len(pairs)
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
@@ -146,9 +186,15 @@ def _paper(value) -> str:
 
 def _ours(row: dict) -> str:
     if row["n"] == 0:
-        return "failed" if row["failed"] else "missing"
+        return "diverged (fail)" if row["diverged"] else "failed" if row["failed"] else "missing"
     text = f"{row['mean']:.2f} ± {row['std']:.2f}"
     return text + (" (fail)" if row["fail"] else "")
+
+
+def _fingerprint(row: dict) -> str:
+    if not row["fingerprints"]:
+        return ""
+    return " ".join(row["fingerprints"]) + (" **mixed**" if len(row["fingerprints"]) > 1 else "")
 
 
 def markdown(study: Study, tier: str, rows: list[dict]) -> str:
@@ -158,10 +204,16 @@ def markdown(study: Study, tier: str, rows: list[dict]) -> str:
         f"Paper: {study.paper_url}. Metric: {study.metric} (%), lower is better; the paper reports the "
         f"{study.summary}; 'fail' means above {study.fail_above:g}%.",
         "",
-        "| arm | paper | ours mean ± std | median | ours − paper | rank paper / ours | seeds | failed | params |"
-        + (" selected on val |" if study.grid else ""),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" --- |" if study.grid else ""),
+        "| arm | paper | ours mean ± std | median | ours − paper | rank paper / ours | seeds | failed | params "
+        "| fingerprint |" + (" selected on val |" if study.grid else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |" + (" --- |" if study.grid else ""),
     ]
+    tested = sorted({model for row in rows for model in row["tested"]})
+    source = f" ({study.test_model_source})" if study.test_model_source else ""
+    lines[2] += (f" Ours: the test error of the {study.test_model} model"
+                 f"{source if study.test_model == 'final' else ' (the best val/acc checkpoint)'}.")
+    if tested and tested != [study.test_model]:
+        lines[2] += f" **Some runs tested another model: {', '.join(tested)}.**"
     changed = sorted({args for row in rows for args in row["extra_args"]})
     if tier != "full":
         lines[2] += (f" The {tier} tier compresses the paper's schedule: compare the ordering of the arms, "
@@ -174,7 +226,7 @@ def markdown(study: Study, tier: str, rows: list[dict]) -> str:
         selected = f" {row['selected']} |" if study.grid else ""
         rank = f"{row['rank_paper']:g} / {row['rank_ours']:g}" if "rank_ours" in row else ""
         lines.append(f"| {row['label']} | {_paper(row['paper'])} | {_ours(row)} | {_fmt(row['median'])} | "
-                     f"{diff} | {rank} | {row['n']} | {row['failed']} | {params} |{selected}")
+                     f"{diff} | {rank} | {row['n']} | {row['failed']} | {params} | {_fingerprint(row)} |{selected}")
     rho, arms = rank_agreement(rows)
     if rho is not None:
         lines += ["", f"Order of the arms, ours against the paper's (Spearman's rho over {arms} arms, "
@@ -183,16 +235,28 @@ def markdown(study: Study, tier: str, rows: list[dict]) -> str:
     notes += [f"- {row['arm']}: {row['unfinished']} run(s) not finished" for row in rows if row["unfinished"]]
     if notes:
         lines += ["", "Not counted:", *notes]
+    mixed = [row for row in rows if len(row["fingerprints"]) > 1 or len(row["commits"]) > 1]
+    produced = sorted({(fp, commit) for row in rows for fp in row["fingerprints"] for commit in row["commits"]
+                       if len(row["fingerprints"]) == 1 and len(row["commits"]) == 1})
+    lines += ["", "Produced by (fingerprint of the result-deciding configuration and code, `ablate sweep`; "
+              "commit of the checkout):"]
+    lines += [f"- {row['arm']}: fingerprints {', '.join(row['fingerprints'])}; commits {', '.join(row['commits'])}"
+              + (" — **mixed: these seeds ran different configurations or code**" if len(row["fingerprints"]) > 1
+                 else "") for row in mixed]
+    lines += [f"- {fp} at {commit}: " + ", ".join(row["arm"] for row in rows
+                                                  if row["fingerprints"] == [fp] and row["commits"] == [commit])
+              for fp, commit in produced]
     return "\n".join(lines)
 
 
 def to_csv(rows: list[dict]) -> str:
     fields = ["arm", "label", "paper", "selected", "n", "mean", "std", "median", "ours", "diff", "rank_paper",
-              "rank_ours", "fail", "failed", "unfinished", "params"]
+              "rank_ours", "fail", "failed", "diverged", "unfinished", "params", "fingerprints", "commits", "tested"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{**row, **{key: " ".join(row[key]) for key in ("fingerprints", "commits", "tested")}}
+                      for row in rows])
     return buffer.getvalue()
 
 
@@ -258,14 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     study = load_study(args.study)
     out = Path(args.out).resolve()
-    rows = collect(study, args.tier, out)
     target = out / study.name / args.tier
-    target.mkdir(parents=True, exist_ok=True)
+    if not runs_found(study, args.tier, out):
+        raise StudyError(f"no runs of {study.name} [{args.tier}] under {target}: check --out and --tier "
+                         f"(the sweep writes <out>/{study.name}/{args.tier}/<arm>/seed_<k>)")
+    rows = collect(study, args.tier, out)
     text = markdown(study, args.tier, rows)
-    for name, content in (("report.md", text + "\n"), ("report.csv", to_csv(rows))):
-        tmp = target / f".{name}.tmp"
-        tmp.write_text(content)
-        tmp.replace(target / name)
+    write_text_atomic(target / "report.md", text + "\n")
+    write_text_atomic(target / "report.csv", to_csv(rows))
     write_json_atomic(target / "report.json", rows)
     plot(study, args.tier, rows, target / "report.png")
     if args.wandb:

@@ -57,6 +57,11 @@ class Study:
     # [0.25, 0.1, 0.05, 0.01]}: every arm runs at every grid point, the report keeps the point with
     # the best validation accuracy and shows its test error.
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    # Which model's test error the table compares with the paper's: "final" (the weights at the end of
+    # training, what the papers report) or "best" (the checkpoint with the best val/acc); every run
+    # records both. `test_model_source` quotes the paper's protocol.
+    test_model: str = "final"
+    test_model_source: str = ""
 
     def grid_points(self) -> list[tuple[tuple[str, Any], ...]]:
         """Every combination of the grid's values, as ``((key, value), ...)``; one empty point if no grid."""
@@ -110,7 +115,16 @@ def load_study(name_or_path: str | Path) -> Study:
         arms=arms,
         tiers=tiers,
         grid=meta.get("grid") or {},
+        test_model=_test_model(meta),
+        test_model_source=meta.get("test_model_source", ""),
     )
+
+
+def _test_model(meta: dict[str, Any]) -> str:
+    model = meta.get("test_model", "final")
+    if model not in ("final", "best"):
+        raise StudyError(f"study {meta['name']!r}: test_model must be 'final' or 'best', got {model!r}")
+    return model
 
 
 def grid_label(point: tuple[tuple[str, Any], ...]) -> str:

@@ -119,7 +119,8 @@ def test_a_diverging_arm_is_recorded_as_failed_and_the_sweep_carries_on(tmp_path
     result = run_ablate("sweep", str(study), "--tier", "smoke", "--out", str(out),
                         "--set", f"data.init_args.data_dir={cifar}", "--set", "data.init_args.val_size=20",
                         "--set", "data.init_args.batch_size=16", cwd=tmp_path, timeout=1500)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]  # a failed run fails the sweep
+    assert result.stdout.strip().splitlines()[-1].startswith("diverge [smoke]: 1 completed, 1 failed, 0 skipped")
     diverged = json.loads((out / "diverge" / "smoke" / "lr_1e12" / "seed_0" / "result.json").read_text())
     assert diverged["status"] == "failed"
     assert diverged["reason"].startswith("NonFiniteLossError: non-finite training loss"), diverged["reason"]

@@ -93,26 +93,25 @@ def _tiny_study(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "experiments" / "studies" / "resnet_depth", root)
     meta = yaml.safe_load((root / "study.yaml").read_text())
     meta["name"] = "tiny"
-    meta["arms"] = {"resnet20": meta["arms"]["resnet20"], "broken": {"paper": 5.0, "label": "broken"}}
+    meta["arms"] = {"broken": {"paper": 5.0, "label": "broken"}, "resnet20": meta["arms"]["resnet20"]}
     (root / "study.yaml").write_text(yaml.safe_dump(meta))
     (root / "arms" / "broken.yaml").write_text("model:\n  network:\n    init_args:\n      name: resnet21\n")
     return root
 
 
-def test_failed_run_is_recorded_and_the_sweep_continues(cifar_dir: Path, tmp_path: Path) -> None:
+def test_a_setup_error_stops_the_sweep_and_records_nothing(cifar_dir: Path, tmp_path: Path) -> None:
+    """A bad config is the user's to fix, not the arm's result: the sweep stops before the next run,
+    exits 2, writes no result.json, and the next sweep plans the run afresh."""
     study = _tiny_study(tmp_path)
     out = tmp_path / "runs"
-    result = _sweep(str(study), out, cifar_dir)
-    assert result.returncode == 0
-    broken = json.loads((out / "tiny" / "smoke" / "broken" / "seed_0" / "result.json").read_text())
-    assert broken["status"] == "failed"
-    assert "unknown architecture 'resnet21'" in broken["reason"]
-    good = json.loads((out / "tiny" / "smoke" / "resnet20" / "seed_0" / "result.json").read_text())
-    assert good["status"] == "completed"
-    rows = {row["arm"]: row for row in report_module.collect(load_study(study), "smoke", out)}
-    assert rows["broken"]["n"] == 0 and rows["broken"]["failed"] == 1 and rows["broken"]["mean"] is None
-    text = report_module.markdown(load_study(study), "smoke", list(rows.values()))
-    assert "| broken | 5.00 | failed |" in text and "unknown architecture" in text
+    result = _sweep(str(study), out, cifar_dir, "--only", "broken,resnet20")
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ablate: error: SetupError: tiny/smoke/broken/seed_0 could not start: KeyError: "
+                           "unknown architecture 'resnet21'"), last
+    assert not list(out.rglob("result.json")), "a setup error is not a result"
+    assert not (out / "tiny" / "smoke" / "resnet20").exists(), "no run starts after a setup error"
+    assert not (out / "tiny" / "smoke" / "broken" / "seed_0" / "fingerprint.json").exists()
 
 
 def test_unfinished_runs_are_missing_and_resume_from_last_checkpoint(tmp_path: Path) -> None:
@@ -122,9 +121,12 @@ def test_unfinished_runs_are_missing_and_resume_from_last_checkpoint(tmp_path: P
     (run.directory / "checkpoints").mkdir(parents=True)
     (run.directory / "checkpoints" / "last.ckpt").write_bytes(b"placeholder")
     assert command(run, [])[-2:] == ["--ckpt_path", str(run.directory / "checkpoints" / "last.ckpt")]
-    (run.directory / "result.json").write_text('{"status": "comp')  # a torn write is not a result
     rows = {row["arm"]: row for row in report_module.collect(study, "smoke", tmp_path)}
     assert rows["resnet20"]["n"] == 0 and rows["resnet20"]["unfinished"] == 1
+    (run.directory / "result.json").write_text('{"status": "comp')  # not a result: named, counted, no number
+    rows = {row["arm"]: row for row in report_module.collect(study, "smoke", tmp_path)}
+    assert rows["resnet20"]["n"] == 0 and rows["resnet20"]["failed"] == 1
+    assert "result.json is corrupt" in rows["resnet20"]["failures"][0]
 
 
 def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path: Path) -> None:
@@ -143,7 +145,8 @@ def test_sigterm_to_the_sweep_alone_checkpoints_its_run_and_the_next_sweep_resum
     args = [sys.executable, "-m", "experiments.cli", "sweep", "resnet_depth", "--tier", "smoke", "--only", "resnet20",
             "--out", str(out), *_data_set(cifar_dir), "--set", "trainer.max_steps=40"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "WANDB_MODE": "offline"}
-    sweep_process = subprocess.Popen([*args, "--set", f"trainer.callbacks+={json.dumps(slow)}"], cwd=tmp_path,
+    args += ["--set", f"trainer.callbacks+={json.dumps(slow)}"]  # part of the fingerprint: the resume repeats it
+    sweep_process = subprocess.Popen(args, cwd=tmp_path,
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (batches.is_file() and len(batches.read_text().splitlines()) >= 3):  # "run" and two steps
@@ -184,7 +187,7 @@ def test_unknown_study_and_arm_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match="has no arm 'nope'"):
         plan(load_study("resnet_depth"), "smoke", 1, tmp_path, only=["nope"])
     result = run_ablate("sweep", "nope", cwd=tmp_path)
-    assert result.returncode == 1 and "unknown study 'nope'" in result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "unknown study 'nope'" in result.stderr.strip().splitlines()[-1]
     assert set(list_studies()) >= set(SMOKE_ARMS)
 
 
@@ -215,3 +218,127 @@ def test_a_compressed_tier_is_compared_by_the_order_of_the_arms(tmp_path: Path) 
     assert report_module.rank_agreement(rows)[0] == pytest.approx(-1.0)
     original = next(row for row in rows if row["arm"] == "original")
     assert original["fail"] and original["diff"] == pytest.approx(60.0 - 6.61)
+
+
+# ----- numbers a researcher can trust ------------------------------------------------------------
+
+
+def _sweep_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    from experiments.cli import main
+
+    capsys.readouterr()
+    code = main(["sweep", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_changed_setting_is_never_a_silent_skip(cifar_dir: Path, tmp_path: Path, capsys) -> None:
+    """A second sweep with one `--set` changed stops before training and names the key; `--changed keep`
+    keeps the old result knowingly (the report shows its fingerprint), `--changed rerun` moves it aside."""
+    out = tmp_path / "runs"
+    base = ["resnet_depth", "--tier", "smoke", "--only", "resnet20", "--out", str(out), *_data_set(cifar_dir)]
+    code, stdout, _ = _sweep_in_process(capsys, *base)
+    assert code == 0, stdout
+    run_dir = out / "resnet_depth" / "smoke" / "resnet20" / "seed_0"
+    first = json.loads((run_dir / "result.json").read_text())
+    assert first["status"] == "completed" and len(first["fingerprint"]) == 12
+    assert stdout.strip().splitlines()[-1] == ("resnet_depth [smoke]: 1 completed, 0 failed, 0 skipped (done before), "
+                                               "0 missing of 1 planned runs")
+    before = {path: path.stat().st_mtime_ns for path in run_dir.rglob("*") if path.is_file()}
+
+    changed = [*base, "--set", "model.optimizer.init_args.lr=0.05"]
+    code, stdout, stderr = _sweep_in_process(capsys, *changed)
+    assert code == 2
+    assert (f"changed resnet_depth/smoke/resnet20/seed_0: fingerprint {first['fingerprint']} -> " in stderr
+            and "changed: model.optimizer.init_args.lr" in stderr), stderr
+    assert "nothing was trained" in stderr.strip().splitlines()[-1]
+    assert {path: path.stat().st_mtime_ns for path in run_dir.rglob("*") if path.is_file()} == before
+
+    # Where the run happens is not what it is: another data folder, more workers, another device.
+    code, stdout, _ = _sweep_in_process(capsys, *base, "--set", "data.init_args.num_workers=0",
+                                        "--set", "trainer.accelerator=cpu")
+    assert code == 0 and "skip    resnet_depth/smoke/resnet20/seed_0: completed" in stdout
+
+    code, stdout, _ = _sweep_in_process(capsys, *changed, "--changed", "keep")
+    assert code == 0 and "keep    resnet_depth/smoke/resnet20/seed_0" in stdout
+    assert "skip    resnet_depth/smoke/resnet20/seed_0: completed (another configuration, kept)" in stdout
+
+    code, stdout, _ = _sweep_in_process(capsys, *changed, "--changed", "rerun")
+    assert code == 0, stdout
+    moved = list((out / "resnet_depth" / "smoke" / "_superseded").glob("*/resnet20/seed_0/result.json"))
+    assert len(moved) == 1 and json.loads(moved[0].read_text()) == first, "the old run is kept aside, whole"
+    second = json.loads((run_dir / "result.json").read_text())
+    assert second["fingerprint"] != first["fingerprint"]
+    assert json.loads((run_dir / "fingerprint.json").read_text())["config"]["model.optimizer.init_args.lr"] == 0.05
+
+    # The record says which model was tested: the final one, as the papers; the best checkpoint's beside it.
+    assert second["tested"] == "final"
+    assert second["metrics"]["test/err"] == second["test_final"]["test/err"]
+    assert set(second["test_best"]) >= {"test/err", "test/acc"}
+    assert Path(second["best_checkpoint"]).parent == run_dir / "checkpoints"
+    assert (run_dir / "checkpoints" / "final.ckpt").is_file(), "the tested final weights are kept"
+    tests = json.loads((run_dir / "test_results.json").read_text())
+    assert tests["final"]["metrics"] == second["test_final"] and tests["best"]["metrics"] == second["test_best"]
+
+    # A finished run's folder is never trained into again, and evaluating it adds rather than replaces.
+    from experiments.cli import main
+
+    rows_before = (run_dir / "metrics.csv").read_text()
+    config_before = (run_dir / "config.yaml").read_text()
+    checkpoints = {path: path.read_bytes() for path in (run_dir / "checkpoints").iterdir()}
+    assert main(["fit", "--config", str(run_dir / "config.yaml")]) == 2
+    assert "holds a finished run (result.json)" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert {path: path.read_bytes() for path in (run_dir / "checkpoints").iterdir()} == checkpoints
+    assert main(["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" /
+                                                                                       "last.ckpt")]) == 0
+    assert (run_dir / "metrics.csv").read_text().startswith(rows_before.strip())
+    assert (run_dir / "config.yaml").read_text() == config_before and (run_dir / "config_test.yaml").is_file()
+
+    report = run_ablate("report", "resnet_depth", "--tier", "smoke", "--out", str(out), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert f"| {second['fingerprint']} |" in report.stdout and "test error of the final model" in report.stdout
+
+
+def test_a_sweep_with_failed_or_missing_runs_exits_non_zero(cifar_dir: Path, tmp_path: Path) -> None:
+    study = tmp_path / "diverge"
+    shutil.copytree(REPO / "experiments" / "studies" / "resnet_depth", study)
+    meta = yaml.safe_load((study / "study.yaml").read_text())
+    meta["name"] = "diverge"
+    meta["arms"] = {"lr_1e12": {"paper": 5.0, "label": "lr 1e12"}}
+    (study / "study.yaml").write_text(yaml.safe_dump(meta))
+    (study / "arms" / "lr_1e12.yaml").write_text(  # no batch norm to absorb it: NaN at once
+        "model:\n  network:\n    init_args: {name: all_cnn_c}\n  optimizer:\n    init_args: {lr: 1.0e+12}\n")
+    out = tmp_path / "runs"
+    result = _sweep(str(study), out, cifar_dir)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == ("diverge [smoke]: 0 completed, 1 failed, 0 skipped (done "
+                                                      "before), 0 missing of 1 planned runs")
+    record = json.loads((out / "diverge" / "smoke" / "lr_1e12" / "seed_0" / "result.json").read_text())
+    assert record["status"] == "failed" and record["diverged"] is True
+    again = _sweep(str(study), out, cifar_dir)
+    assert again.returncode == 1 and "skip    diverge/smoke/lr_1e12/seed_0: failed; --retry-failed" in again.stdout
+    rows = report_module.collect(load_study(study), "smoke", out)
+    assert rows[0]["ours"] == "fail" and "diverged (fail)" in report_module.markdown(load_study(study), "smoke", rows)
+
+
+def test_the_report_never_shows_a_diverged_or_corrupt_result_as_a_number(tmp_path: Path) -> None:
+    study = load_study("resnet_shortcuts")
+    _results(tmp_path, "resnet_shortcuts", "short",
+             {"original": 25.0, "shortcut_gating_bg6": float("nan"), "exclusive_gating_bg6": 28.0, "conv1x1": 30.0})
+    corrupt = tmp_path / "resnet_shortcuts" / "short" / "dropout" / "seed_0"
+    corrupt.mkdir(parents=True)
+    (corrupt / "result.json").write_text('{"status": "compl')
+    rows = {row["arm"]: row for row in report_module.collect(study, "short", tmp_path)}
+    nan_row = rows["shortcut_gating_bg6"]
+    assert nan_row["n"] == 0 and nan_row["mean"] is None and nan_row["ours"] == "fail" and nan_row["diverged"] == 1
+    assert nan_row["rank_ours"] == 4, "a diverged arm ranks last, after every number"
+    assert rows["dropout"]["failed"] == 1 and "corrupt" in rows["dropout"]["failures"][0]
+    text = report_module.markdown(study, "short", list(rows.values()))
+    assert not [line for line in text.splitlines() if line.startswith("|") and "nan" in line.lower()]
+    assert "| shortcut-only gating b_g=-6 | 6.91 | diverged (fail) |" in text
+    assert "seed_0: " in text and "is corrupt" in text and "seed None" not in text
+
+    empty = run_ablate("report", "resnet_shortcuts", "--tier", "short", "--out", str(tmp_path / "typo"), cwd=tmp_path)
+    assert empty.returncode == 2
+    assert f"no runs of resnet_shortcuts [short] under {tmp_path / 'typo'}" in empty.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "typo").exists(), "a mistyped --out creates nothing"

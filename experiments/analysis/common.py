@@ -27,6 +27,8 @@ from unittest import mock
 import torch
 from torch import nn
 
+from experiments.cli import FINAL_CHECKPOINT
+
 # Top-level keys of a saved config that the model/data parser knows; `ablate fit` also saves
 # subcommand arguments (ckpt_path, weights_only) that only its own subcommand accepts.
 CONFIG_KEYS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler")
@@ -68,13 +70,14 @@ class LoadedRun:
         return self.module.evaluated_network()
 
 
-def resolve_run(path: str | Path, which: str = "best") -> tuple[Path, Path, Path | None]:
+def resolve_run(path: str | Path, which: str = "tested") -> tuple[Path, Path, Path | None]:
     """``(run_dir, config.yaml, checkpoint)`` of a run directory or of a checkpoint file inside one.
 
     Args:
         path: A run directory, or a ``.ckpt`` file (its run directory is the parent of ``checkpoints/``).
-        which: For a directory: ``"best"`` (the checkpoint ModelCheckpoint recorded as best, the one
-            ``--test_after_fit`` tests), ``"last"`` (``last.ckpt``) or ``"none"`` (no weights).
+        which: For a directory: ``"tested"`` (the model whose test error the run reported: ``last``
+            for a study run that tested its final model, else ``best``), ``"best"`` (the checkpoint
+            ModelCheckpoint recorded as best), ``"last"`` (``last.ckpt``) or ``"none"`` (no weights).
     """
     given = Path(path).expanduser()
     if not given.exists():
@@ -95,9 +98,21 @@ def resolve_run(path: str | Path, which: str = "best") -> tuple[Path, Path, Path
     return run_dir, config, checkpoint
 
 
-def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
-    """The run's best checkpoint (as its ModelCheckpoint recorded it) or ``last.ckpt``."""
+def find_checkpoint(run_dir: Path, which: str = "tested") -> Path:
+    """The run's tested, best (as its ModelCheckpoint recorded it) or last checkpoint.
+
+    "tested" is the final model (``final.ckpt``, else ``last.ckpt``) when the run's result.json reports
+    it (a study run), else the best checkpoint (what ``ablate fit --test_after_fit`` tests by default).
+    """
     folder = run_dir / "checkpoints"
+    if which == "tested":
+        try:
+            tested = json.loads((run_dir / "result.json").read_text()).get("tested")
+        except (OSError, ValueError, AttributeError):
+            tested = None
+        if tested == "final" and (folder / FINAL_CHECKPOINT).is_file():
+            return folder / FINAL_CHECKPOINT
+        which = "last" if tested == "final" else "best"
     found = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
     if not found:
         raise FileNotFoundError(f"no checkpoints in {folder}: did the run train at least one epoch or step?")
@@ -107,8 +122,8 @@ def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
             raise FileNotFoundError(f"{last} not found; checkpoints there: {', '.join(p.name for p in found)}")
         return last
     if which != "best":
-        raise ValueError(f"checkpoint must be 'best', 'last' or 'none', got {which!r}")
-    others = [p for p in found if p.name != "last.ckpt"]
+        raise ValueError(f"checkpoint must be 'tested', 'best', 'last' or 'none', got {which!r}")
+    others = [p for p in found if p.name not in ("last.ckpt", FINAL_CHECKPOINT)]
     if last.is_file():
         recorded = _recorded_best(last)
         if recorded is not None and (folder / recorded).is_file():
@@ -178,13 +193,13 @@ def build_from_config(config: Path, overrides: Sequence[str] = ()) -> tuple[Any,
 
 
 def load_run(
-    path: str | Path, checkpoint: str = "best", data_dir: str | None = None, device: str = "cpu"
+    path: str | Path, checkpoint: str = "tested", data_dir: str | None = None, device: str = "cpu"
 ) -> LoadedRun:
     """Rebuild a run's classifier and data module and load its weights.
 
     Args:
         path: Run directory or checkpoint file.
-        checkpoint: ``"best"``, ``"last"`` or ``"none"`` (architecture only, initial weights).
+        checkpoint: ``"tested"``, ``"best"``, ``"last"`` or ``"none"`` (architecture only, initial weights).
         data_dir: Replaces the data module's ``data_dir`` (runs trained elsewhere).
         device: Device the module is moved to.
     """
@@ -413,9 +428,9 @@ def tool_parser(tool: str, doc: str) -> argparse.ArgumentParser:
 
 def add_run_arguments(parser: Any) -> None:
     """The options every tool that loads a run shares."""
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                        help="for a run directory: the best checkpoint by val/acc (what --test_after_fit tests) "
-                             "or last.ckpt")
+    parser.add_argument("--checkpoint", choices=("tested", "best", "last"), default="tested",
+                        help="for a run directory: the model whose test error the run reported (a study run's "
+                             "final model, else the best checkpoint), the best checkpoint by val/acc, or last.ckpt")
     parser.add_argument("--data-dir", default=None, help="data root replacing the one in the run's config")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     parser.add_argument("--batch-size", type=int, default=500, help="images per forward pass")
