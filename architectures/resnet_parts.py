@@ -199,7 +199,7 @@ class ExclusiveGateShortcut(nn.Module):
     """``(1 - g(x)) skip(x) + g(x) F(x)``, He et al. 2016b Fig. 2(c).
 
     Args:
-        gate_bias: Initial bias b_g of the gate's 1x1 conv (Table 1: 0, -6 and -10 in the paper).
+        gate_bias: Initial bias b_g of the gate's 1x1 conv (Table 1: 0, -6 and -7 in the paper).
     """
 
     def __init__(
@@ -226,10 +226,40 @@ class ShortcutGateShortcut(ExclusiveGateShortcut):
 
 
 class DropoutShortcut(nn.Module):
-    """``dropout(skip(x)) + F(x)``, He et al. 2016b Fig. 2(f); the identity in eval mode.
+    """``m * skip(x) + F(x)`` with ``m ~ Bernoulli(1 - p)``, unscaled: He et al. 2016b Fig. 2(f).
+
+    As the paper defines it: dropout "statistically imposes a scale of λ with an expectation of 0.5
+    on the shortcut" (Sec. 3.1), so kept values are not rescaled in training, and evaluation uses the
+    expectation, ``(1 - p) skip(x) + F(x)`` (the classic dropout of Srivastava et al. 2014). The
+    inverted form (``nn.Dropout``: kept values x 1/(1-p), identity in eval) is ``dropout_inverted``.
 
     Args:
         p: Drop probability on the shortcut (0.5 in Table 1).
+    """
+
+    def __init__(self, skip: nn.Sequential, in_chs: int, out_chs: int, stride: int, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout shortcut: p is a drop probability in [0, 1), got {p}")
+        self.skip = skip
+        self.p = p
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        shortcut = self.skip(x)
+        keep = 1.0 - self.p
+        if self.training:
+            shortcut = shortcut * torch.empty_like(shortcut).bernoulli_(keep)
+        else:
+            shortcut = shortcut * keep
+        return shortcut + residual
+
+
+class InvertedDropoutShortcut(nn.Module):
+    """``dropout(skip(x)) + F(x)`` with ``nn.Dropout``: kept values x 1/(1-p) in training (expectation
+    ``skip(x)``), the identity in eval. Not the paper's ablation (see ``DropoutShortcut``).
+
+    Args:
+        p: Drop probability on the shortcut.
     """
 
     def __init__(self, skip: nn.Sequential, in_chs: int, out_chs: int, stride: int, p: float = 0.5) -> None:
@@ -249,6 +279,7 @@ SHORTCUTS: dict[str, type[nn.Module]] = {
     "shortcut_gate": ShortcutGateShortcut,
     "conv1x1": ConvShortcut,
     "dropout": DropoutShortcut,
+    "dropout_inverted": InvertedDropoutShortcut,
 }
 
 

@@ -156,10 +156,26 @@ def test_constant_scaling_multiplies_by_half() -> None:
     assert all(unit.downsample.residual_scale == 0.5 for unit in _units(net))
 
 
-def test_dropout_shortcut_is_identity_in_eval_and_drops_in_train() -> None:
+def test_dropout_shortcut_is_the_papers_unscaled_bernoulli_with_expectation_half_in_both_modes() -> None:
+    """He et al. 2016b: dropout imposes a scale with expectation 0.5 on the shortcut; kept values are
+    not rescaled in training, and evaluation multiplies by that expectation."""
+    torch.manual_seed(0)
+    x, residual = torch.randn(64, 8, 16, 16), torch.randn(64, 8, 16, 16)
+    shortcut = make_shortcut("dropout", 8, 8, 1, p=0.5)
+    torch.testing.assert_close(shortcut.eval()(x, residual), 0.5 * x + residual)
+    kept = shortcut.train()(x, residual) - residual
+    assert torch.all((kept == 0) | torch.isclose(kept, x, atol=1e-5)), "kept values are not rescaled"
+    assert abs((kept != 0).float().mean() - 0.5) < 0.01
+    # The expectation over masks is 0.5 x in training, as in evaluation.
+    mean = torch.stack([shortcut(x, residual) - residual for _ in range(200)]).mean(0)
+    slope = float((mean * x).sum() / (x * x).sum())  # least squares fit of mean = slope * x
+    assert abs(slope - 0.5) < 0.01
+
+
+def test_inverted_dropout_shortcut_keeps_the_shortcuts_expectation() -> None:
     torch.manual_seed(0)
     x, residual = torch.randn(4, 8, 6, 6), torch.randn(4, 8, 6, 6)
-    shortcut = make_shortcut("dropout", 8, 8, 1, p=0.5)
+    shortcut = make_shortcut("dropout_inverted", 8, 8, 1, p=0.5)
     torch.testing.assert_close(shortcut.eval()(x, residual), x + residual)
     dropped = shortcut.train()(x, residual) - residual
     assert torch.all((dropped == 0) | torch.isclose(dropped, 2 * x))
