@@ -21,6 +21,7 @@ import importlib
 import io
 import json
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
@@ -189,7 +190,9 @@ def resolve_fit_config(args: list[str]) -> dict[str, Any]:
 
     out, err = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # LightningCLI warns when given args while the process has command-line arguments of its own.
+            warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
             run_lightning_cli(["fit", *args, "--print_config"])
     except SystemExit as stop:
         if stop.code not in (0, None):

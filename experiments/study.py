@@ -33,12 +33,17 @@ class Arm:
         paper: The published error in percent, ``"fail"`` where the paper reports divergence or
             error above the study's threshold, or None where the paper has no number.
         label: How the paper's table names the arm.
+        differs: Resolved-config keys (or key prefixes) the arm changes beyond the study's ``varies``,
+            mapped to the source that has them differ (the paper's section, the authors' code file).
     """
 
     name: str
     config: Path
     paper: float | str | None
     label: str
+    # Keys this arm changes beyond what its study's table varies, each with its source: where the
+    # paper's protocol, or the authors' released code, differs between arms.
+    differs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,10 @@ class Study:
     # records both. `test_model_source` quotes the paper's protocol.
     test_model: str = "final"
     test_model_source: str = ""
+    # The resolved-config keys (or key prefixes) the table varies; every arm differs from the
+    # `reference` arm in these and in its own declared `differs` only (tests/test_study_arms.py).
+    varies: tuple[str, ...] = ()
+    reference: str = ""
 
     def grid_points(self) -> list[tuple[tuple[str, Any], ...]]:
         """Every combination of the grid's values, as ``((key, value), ...)``; one empty point if no grid."""
@@ -98,7 +107,8 @@ def load_study(name_or_path: str | Path) -> Study:
         if not config.is_file():
             raise StudyError(f"study {meta['name']!r} lists arm {arm_name!r} but {config} does not exist")
         arm_meta = arm_meta or {}
-        arms[arm_name] = Arm(arm_name, config, arm_meta.get("paper"), arm_meta.get("label", arm_name))
+        arms[arm_name] = Arm(arm_name, config, arm_meta.get("paper"), arm_meta.get("label", arm_name),
+                             dict(arm_meta.get("differs") or {}))
     tiers = meta.get("tiers", {})
     missing = [tier for tier in TIERS if tier not in tiers]
     if missing:
@@ -117,7 +127,16 @@ def load_study(name_or_path: str | Path) -> Study:
         grid=meta.get("grid") or {},
         test_model=_test_model(meta),
         test_model_source=meta.get("test_model_source", ""),
+        varies=tuple(meta.get("varies") or ()),
+        reference=_reference(meta, arms),
     )
+
+
+def _reference(meta: dict[str, Any], arms: dict[str, Arm]) -> str:
+    reference = meta.get("reference") or next(iter(arms))
+    if reference not in arms:
+        raise StudyError(f"study {meta['name']!r}: reference arm {reference!r} is not one of its arms")
+    return reference
 
 
 def _test_model(meta: dict[str, Any]) -> str:
