@@ -6,6 +6,10 @@ on the whole batch after it reaches the training device (`on_after_batch_transfe
 of the fastest CIFAR-10 trainers (Keller Jordan's airbench). Validation and test batches skip the
 augmentation, so the validation split is seen through eval transforms.
 
+Validation and test splits are held in class-interleaved order (``class_interleaved_order``), so
+a limited evaluation (``limit_val_batches``, ``limit_test_batches``, "the first N images") sees every
+class in proportion; ``TensorImageDataset.source_index`` keeps each image's place in the official split.
+
 Every module, in memory or not, ends a training batch the same way on the device: normalise,
 then optionally random erasing (Zhong et al. 2017) and MixUp / CutMix, which turn the integer
 labels into soft targets of shape ``(N, num_classes)``.
@@ -53,17 +57,34 @@ class TensorImageDataset(Dataset):
 
     ``__getitems__`` lets the DataLoader fetch a whole batch with one indexing operation; any
     sampler still works (Lightning swaps in a ``DistributedSampler`` under DDP).
+
+    Args:
+        images: uint8 ``(N, C, H, W)``.
+        labels: Class indices, ``N``.
+        source_index: Each item's position in the official split it was taken from, when the
+            items are a reordered or carved selection of it (validation, the class-interleaved test
+            order); prediction files report this position, so it means the same whatever the order.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, source_index: torch.Tensor | None = None
+    ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(
                 f"expected uint8 images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
             )
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if source_index is not None and len(source_index) != len(images):
+            raise ValueError(f"{len(images)} images but {len(source_index)} source indices")
         self.images = images
         self.labels = labels.long()
+        self.source_index = source_index
+
+    def select(self, index: torch.Tensor) -> TensorImageDataset:
+        """The items at ``index``, in that order, remembering their positions in the official split."""
+        source = index if self.source_index is None else self.source_index[index]
+        return TensorImageDataset(self.images[index], self.labels[index], source)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -92,6 +113,44 @@ def seeded_split(num_items: int, val_size: int, seed: int) -> tuple[torch.Tensor
         raise ValueError(f"val_size must be in [0, {num_items}), got {val_size}")
     order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def class_interleaved_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A permutation of ``labels``' positions in which every prefix holds each class in proportion.
+
+    Evaluation splits are read front to back, and ``limit_val_batches`` / ``limit_test_batches``
+    (or any tool evaluating "the first N") read only a prefix; in the stored, class-sorted order
+    that prefix is one class. Stratified order instead: item ``j`` of class ``c`` (``n_c`` items,
+    shuffled within the class) gets the key ``(j + 0.5) / n_c``, its ideal place as a fraction of
+    the split, and items are sorted by key, equal keys in a seeded random order of the classes.
+    A prefix up to key ``t`` then holds ``round(t * n_c)`` items of each class. For a prefix of
+    ``k`` items that is within 1 of ``k * n_c / N`` for every class as long as no class is more
+    frequent than ``1 / (C - 2)`` (``C`` classes; always for balanced splits), within
+    ``1/2 + (C - 2) n_c / 2N`` in general. Under DDP rank ``r`` of ``W`` reads ``r::W``, so the
+    first ``m`` items of all ranks together are this order's first ``m * W``: balanced as well.
+
+    The order depends on ``labels`` and ``seed`` alone (its own generator, never the global RNG):
+    the same on every run, process and DDP rank.
+    """
+    labels = torch.as_tensor(labels).long().cpu()
+    generator = torch.Generator().manual_seed(seed)
+    classes, counts = labels.unique(return_counts=True)  # sorted classes
+    # Grouped by class, shuffled within each (a prefix should not always take the first files
+    # of every class folder): a stable sort by label of a random permutation.
+    shuffled = torch.randperm(len(labels), generator=generator)
+    grouped = shuffled[torch.argsort(labels[shuffled], stable=True)]
+    sizes = counts.repeat_interleave(counts).double()
+    within = torch.arange(len(labels)) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+    keys = torch.empty(len(labels), dtype=torch.float64)
+    # (j + 0.5) / n is correctly rounded, so equal fractions of different classes compare equal
+    # and fall to the tie-break.
+    keys[grouped] = (within + 0.5) / sizes
+    class_rank = torch.empty(len(classes), dtype=torch.long)
+    class_rank[torch.randperm(len(classes), generator=generator)] = torch.arange(len(classes))
+    item_rank = class_rank[torch.searchsorted(classes, labels)]
+    # Two stable sorts: by class rank, then by key; equal keys keep the class-rank order.
+    by_rank = torch.argsort(item_rank, stable=True)
+    return by_rank[torch.argsort(keys[by_rank], stable=True)]
 
 
 def check_images(
@@ -264,8 +323,11 @@ class InMemoryImageDataModule(ImageDataModule):
                 )
             train_idx, val_idx = self.split_indices(len(full_train))
             self.train_set = TensorImageDataset(full_train.images[train_idx], full_train.labels[train_idx])
-            self.val_set = TensorImageDataset(full_train.images[val_idx], full_train.labels[val_idx])
-            self.test_set = test_set
+            # Evaluation splits in class-interleaved order, so a limited evaluation (any prefix)
+            # sees every class; training order is drawn per epoch by its sampler.
+            val_idx = val_idx[class_interleaved_order(full_train.labels[val_idx], self.seed)]
+            self.val_set = full_train.select(val_idx)
+            self.test_set = test_set.select(class_interleaved_order(test_set.labels, self.seed))
 
     def _loader(self, dataset: TensorImageDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:

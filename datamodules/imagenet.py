@@ -20,6 +20,8 @@ loop (the choice for reproducing papers that report the official val set only, w
 schedule). Training uses RandomResizedCrop + flip (Szegedy et al. 2015); evaluation resizes the
 short side to ``resize_size`` (default ``crop_size / 0.875``: 256 for 224, 342 for Inception's 299)
 and centre-crops ``crop_size``.
+Validation and test are stored in class-interleaved order (``base.class_interleaved_order``), so a
+limited evaluation sees every class; ``source_index`` keeps each image's place in the official split.
 
 Corrupt files can only be found when read: with ``skip_corrupt=False`` the worker raises an error
 naming the file; with ``skip_corrupt=True`` it warns (counting per worker) and the batch is one
@@ -43,6 +45,7 @@ from datamodules.base import (
     DataFormatError,
     DataNotFoundError,
     ImageDataModule,
+    class_interleaved_order,
     default_data_dir,
     seeded_split,
 )
@@ -62,6 +65,8 @@ class ImageFileDataset(Dataset):
         transform: Per-image transform of a uint8 ``(3, H, W)`` tensor.
         skip_corrupt: Return None for an unreadable image (``collate_skip_none`` drops it) after a
             warning, instead of raising.
+        source_index: Each sample's position in the official split's scan order, when the samples
+            are a reordered or carved selection of it (see ``TensorImageDataset``).
     """
 
     def __init__(
@@ -69,8 +74,12 @@ class ImageFileDataset(Dataset):
         samples: Sequence[tuple[str, int]],
         transform: Callable | None = None,
         skip_corrupt: bool = False,
+        source_index: torch.Tensor | None = None,
     ) -> None:
         self.samples = list(samples)
+        if source_index is not None and len(source_index) != len(self.samples):
+            raise ValueError(f"{len(self.samples)} samples but {len(source_index)} source indices")
+        self.source_index = source_index
         self.transform = transform
         self.skip_corrupt = skip_corrupt
         self.skipped = 0
@@ -243,10 +252,16 @@ class ImageNetDataModule(ImageDataModule):
         self.train_set = ImageFileDataset(
             [train_samples[i] for i in train_idx.tolist()], self.train_transform, self.skip_corrupt
         )
+        # Evaluation splits in class-interleaved order: a limited evaluation sees every class.
+        val_labels = torch.tensor([train_samples[i][1] for i in val_idx.tolist()], dtype=torch.long)
+        val_idx = val_idx[class_interleaved_order(val_labels, self.seed)]
+        test_idx = class_interleaved_order(torch.tensor([label for _, label in test_samples]), self.seed)
         self.val_set = ImageFileDataset(
-            [train_samples[i] for i in val_idx.tolist()], self.eval_transform, self.skip_corrupt
+            [train_samples[i] for i in val_idx.tolist()], self.eval_transform, self.skip_corrupt, val_idx
         )
-        self.test_set = ImageFileDataset(test_samples, self.eval_transform, self.skip_corrupt)
+        self.test_set = ImageFileDataset(
+            [test_samples[i] for i in test_idx.tolist()], self.eval_transform, self.skip_corrupt, test_idx
+        )
 
     def _loader(self, dataset: ImageFileDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:

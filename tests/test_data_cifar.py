@@ -48,6 +48,11 @@ def _ready(dm: CIFAR10DataModule) -> CIFAR10DataModule:
     return dm
 
 
+def _official_test(dm: CIFAR10DataModule):
+    """The test split back in the source's order (the data module holds it class-interleaved)."""
+    return dm.test_set.select(torch.argsort(dm.test_set.source_index))
+
+
 @pytest.fixture
 def pickles(tmp_path: Path) -> Path:
     return write_cifar10_pickles(tmp_path / "data", per_batch=20, num_test=30)
@@ -70,8 +75,8 @@ def test_pickle_batches_load_through_torchvision_reader(pickles: Path, tmp_path:
     with open(pickles / "cifar-10-batches-py" / "test_batch", "rb") as file:
         raw = pickle.load(file, encoding="latin1")
     expected = torch.from_numpy(raw["data"]).view(-1, 3, 32, 32)
-    assert torch.equal(dm.test_set.images, expected)
-    assert dm.test_set.labels.tolist() == raw["labels"]
+    assert torch.equal(_official_test(dm).images, expected)
+    assert _official_test(dm).labels.tolist() == raw["labels"]
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
 
@@ -88,7 +93,7 @@ def test_png_and_jpeg_tree_loads_in_canonical_order(tmp_path: Path) -> None:
     written = write_image_tree(root, formats=("png", "jpg"))
     dm = _ready(_dm(root, tmp_path, val_size=10))
     assert dm.detect_source() == "folder" and dm.classes == CIFAR10_CLASSES
-    test = dm.test_set
+    test = _official_test(dm)
     assert len(test) == 20 and test.labels.tolist() == [label for label in range(10) for _ in range(2)]
     png = torch.arange(20) % 2 == 0  # formats alternate png, jpg within each class
     assert torch.equal(test.images[png], written["test"][png])  # PNG is lossless
@@ -191,7 +196,7 @@ def test_cache_is_used_and_invalidated_when_a_file_changes(tmp_path: Path, monke
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
     rebuilt = _ready(_dm(root, tmp_path, val_size=3))
     cat = CIFAR10_CLASSES.index("cat")
-    assert (rebuilt.test_set.images[cat] == 7).all()
+    assert (_official_test(rebuilt).images[cat] == 7).all()
     assert not torch.equal(rebuilt.test_set.images, first.test_set.images)
     remaining = sorted((tmp_path / "cache").glob("*.pt"))
     train_entry = next(path for path in cache_files if "-train-" in path.name)
@@ -373,11 +378,11 @@ def test_real_cifar10_jpeg_loads_50k_10k_in_canonical_order(real_cifar_cache: Pa
     cached = _ready(CIFAR10DataModule(str(SHARED_CIFAR), download=False, cache_dir=str(real_cifar_cache)))
     cached_seconds = time.perf_counter() - started
     assert (len(cached.train_set), len(cached.val_set), len(cached.test_set)) == (45_000, 5_000, 10_000)
-    assert torch.equal(cached.test_set.images, test.images)
+    assert torch.equal(_official_test(cached).images, test.images)
     airplane = torch.from_numpy(
         np.array(Image.open(SHARED_CIFAR / "test" / "airplane" / "0000.jpg"))
     ).permute(2, 0, 1)
-    assert (cached.test_set.images[0].float() - airplane.float()).abs().mean() < 1.0  # decoder rounding only
+    assert (_official_test(cached).images[0].float() - airplane.float()).abs().mean() < 1.0  # decoder rounding only
     print(f"\nCIFAR-10 JPEG: decode {decode_seconds:.1f} s, cached setup {cached_seconds:.1f} s")
     assert cached_seconds < decode_seconds
 
