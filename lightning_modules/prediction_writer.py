@@ -1,8 +1,13 @@
 """``ablate predict`` to a CSV file: one row per image with its predicted class and probability.
 
 Add it with ``--config experiments/presets/predict_csv.yaml`` after the experiment's config. Rows
-carry the image's index in the predict dataset and, when the dataset knows its files (ImageNet-style
-folders: ``samples``), the file path; the class name comes from the data module's ``classes``.
+carry the image's index and, when the dataset knows its files (ImageNet-style folders: ``samples``),
+the file path; the class name comes from the data module's ``classes``.
+
+``index`` is the image's position in the official split the predict set comes from (the order of
+the pickle or IDX arrays, or of the sorted class folders and file names), not its position in the
+class-interleaved evaluation order the data modules hold; datasets without ``source_index`` (any
+other dataset) report their own positions, which are the same thing there.
 """
 
 from __future__ import annotations
@@ -17,6 +22,12 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_modules.evaluation import class_names
+
+
+def _source_index(dataset: object, index: int) -> int:
+    """Position in the official split, for datasets that hold a reordered selection of it."""
+    source = getattr(dataset, "source_index", None)
+    return int(source[index]) if source is not None else index
 
 
 def _file_of(dataset: object, index: int) -> str:
@@ -82,9 +93,10 @@ class CSVPredictionWriter(BasePredictionWriter):
             batch_indices = range(start, start + len(classes))
         dataset = self._datasets[dataloader_idx] if dataloader_idx < len(self._datasets) else None
         for index, label, probability in zip(batch_indices, classes, probabilities, strict=True):
-            self._writer.writerow(
-                [index, _file_of(dataset, index), label, self._names[label], f"{probability:.6f}"]
-            )
+            self._writer.writerow([
+                _source_index(dataset, index), _file_of(dataset, index), label, self._names[label],
+                f"{probability:.6f}",
+            ])
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._file is not None:

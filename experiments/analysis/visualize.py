@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_cam:
         dataset = common.split_dataset(run.datamodule, args.split)
         indices = common.subset_indices(len(dataset), args.images, None if args.seed < 0 else args.seed)
+        # The index reported is the image's position in the official split (the data modules hold
+        # evaluation splits in class-interleaved order, remembering each image's ``source_index``).
+        source = getattr(dataset, "source_index", None)
+        positions = indices if source is None else source[indices]
         raw, labels = next(iter(common.raw_batches(run.datamodule, args.split, indices, len(indices))))
         images, labels = common.model_input(run.datamodule, raw, labels, next(network.parameters()).device)
         maps, logits, kind = class_activation_maps(network, images)
@@ -221,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["cam"] = {
             "kind": kind, "split": args.split, "map_size": list(maps.shape[-2:]),
             "images": [{"index": int(index), "label": classes[int(label)], "predicted": classes[int(p.argmax())],
-                        "probability": float(p.max())} for index, label, p in zip(indices, labels, probs, strict=True)],
+                        "probability": float(p.max())}
+                       for index, label, p in zip(positions, labels, probs, strict=True)],
         }
     summary["pictures"] = {key: path.name for key, path in pictures.items()}
     if args.wandb:
