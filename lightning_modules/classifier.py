@@ -14,7 +14,9 @@ Training-recipe knobs, each independent of the others (README, "Training recipes
 - regularisation: label smoothing, soft targets from the data module's MixUp/CutMix, an EMA of
   the weights evaluated next to the raw ones (``ema_decay``, ``ema_eval``);
 - speed: ``channels_last`` and ``compile`` (mixed precision is the trainer's ``precision``);
-- evaluation: flip test-time augmentation, per-class accuracy and a confusion matrix at test time;
+- evaluation: flip test-time augmentation, per-class accuracy and a confusion matrix at test time,
+  the images and classes each evaluation covered (``val/images``, ``val/classes_seen``; one line on
+  stderr when ``limit_*_batches`` cut it short);
 - transfer: ``weights`` loaded at fit start, ``freeze`` by name prefix with frozen batch-norm
   statistics, a separate learning rate for the head (``transfer``).
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from architectures.common import AuxOutputs, count_params
@@ -60,6 +63,27 @@ def _accuracy_metrics(num_classes: int) -> MetricCollection:
     if num_classes > 5:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
     return MetricCollection(metrics)
+
+
+class ClassCounts(Metric):
+    """Images per class an evaluation saw, summed over processes: what a limited evaluation covered.
+
+    One ``bincount`` per batch. The state is not persistent (torchmetrics' default), so checkpoints
+    neither carry nor expect it.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("counts", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, targets: torch.Tensor) -> None:
+        self.counts += torch.bincount(targets, minlength=self.num_classes)
+
+    def compute(self) -> torch.Tensor:
+        return self.counts
 
 
 def _scheduler_class(factory: Any) -> type | None:
@@ -206,6 +230,8 @@ class ImageClassifier(pl.LightningModule):
             stages = ("val", "test")
             self.other_acc = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in stages})
         self.test_confusion = MulticlassConfusionMatrix(num_classes) if confusion_matrix else None
+        self.eval_counts = nn.ModuleDict({stage: ClassCounts(num_classes) for stage in ("val", "test")})
+        self._coverage_said: set[tuple[str, int]] = set()  # (stage, epoch) of limited-coverage lines
         self._ema_step = 0
         # (logits, hard targets, loss, batch size) of training batches not yet in the metrics.
         self._train_queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
@@ -293,6 +319,7 @@ class ImageClassifier(pl.LightningModule):
         on_step = stage == "train"
         if metrics is not None:
             metrics.update(logits.detach(), hard_targets)
+            self.eval_counts[stage].update(hard_targets)
         if stage == "test":
             self.test_loss.update(losses["loss"].detach(), weight=len(images))
             if self.test_confusion is not None:
@@ -369,11 +396,15 @@ class ImageClassifier(pl.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.shared_step(batch, "val")
 
+    def on_validation_epoch_start(self) -> None:
+        self.eval_counts["val"].reset()  # the sanity check's batches count for nothing
+
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+        self._report_coverage("val")
 
     def on_train_start(self) -> None:
         # The sanity check's numbers must not count towards the best validation accuracy; a
@@ -393,6 +424,9 @@ class ImageClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.shared_step(batch, "test")
 
+    def on_test_epoch_start(self) -> None:
+        self.eval_counts["test"].reset()
+
     def on_test_epoch_end(self) -> None:
         acc = self.test_metrics["acc"].compute()
         # Computed from torchmetrics states, so already reduced over processes and the same on every
@@ -400,8 +434,34 @@ class ImageClassifier(pl.LightningModule):
         self.log("test/loss", self.test_loss.compute(), sync_dist=True)
         self.log("test/err", 100.0 * (1.0 - acc), sync_dist=True)
         self.test_loss.reset()
+        self._report_coverage("test")
         if self.test_confusion is not None:
             self._report_confusion()
+
+    def _report_coverage(self, stage: str) -> None:
+        """Log the images and classes ``stage`` evaluated; when that was less than the whole split
+        (``limit_*_batches``), say so in one line on stderr, once per stage and epoch."""
+        counts = self.eval_counts[stage].compute().cpu()  # summed over processes: the same on every rank
+        images, seen = int(counts.sum()), int((counts > 0).sum())
+        self.log(f"{stage}/images", float(images), sync_dist=True)
+        self.log(f"{stage}/classes_seen", float(seen), sync_dist=True)
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        try:
+            total = sum(len(loader.dataset) for loader in loaders)
+        except (AttributeError, TypeError):  # a dataset without a length: nothing to compare with
+            return
+        said = (stage, self.current_epoch)
+        if images >= total or said in self._coverage_said or not self.trainer.is_global_zero:
+            return
+        self._coverage_said.add(said)
+        if self.num_classes <= PER_CLASS_SCALARS:
+            names = evaluation.class_names(getattr(self.trainer, "datamodule", None), self.num_classes)
+            detail = ": " + ", ".join(f"{name} {count}" for name, count in zip(names, counts.tolist(), strict=True))
+        else:
+            detail = f", {int(counts.min())} to {int(counts.max())} images each"
+        print(f"ablate: {stage} limited to {images:,} of {total:,} images "
+              f"({seen} of {self.num_classes} classes{detail})", file=sys.stderr, flush=True)
 
     def _report_confusion(self) -> None:
         confusion = self.test_confusion.compute()
