@@ -146,8 +146,8 @@ class AblateCLI(LightningCLI):
         if "test/acc" not in metrics:
             return None
         if self.trainer.is_global_zero:
-            acc = metrics["test/acc"]
-            print(f"test accuracy ({model}): {100 * acc:.2f}%  test error: {100 * (1 - acc):.2f}%  run: {log_dir}")
+            acc = 100 * metrics["test/acc"]
+            print(f"test accuracy: {acc:.2f}%  test error: {100 - acc:.2f}%  model: {model}  run: {log_dir}")
         return {"metrics": metrics, **where}
 
 

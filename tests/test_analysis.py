@@ -84,10 +84,10 @@ def test_lightning_checkpoints_load_with_weights_only(runs: dict[str, Path]) -> 
 
 
 def test_a_missing_run_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["landscape", str(tmp_path / "nowhere")]) == 1
+    assert cli.main(["landscape", str(tmp_path / "nowhere")]) == 2
     assert _last_error_line(capsys).startswith("ablate: error: FileNotFoundError:")
     (tmp_path / "checkpoints").mkdir()
-    assert cli.main(["lesion", str(tmp_path)]) == 1
+    assert cli.main(["lesion", str(tmp_path)]) == 2
     assert "no checkpoints in" in _last_error_line(capsys)
 
 
@@ -138,7 +138,7 @@ def test_landscape_is_deterministic_given_a_seed(runs: dict[str, Path]) -> None:
 
 
 def test_landscape_rejects_a_grid_without_the_origin(runs: dict[str, Path], capsys) -> None:
-    assert cli.main(["landscape", str(runs["resnet20"]), "--steps", "4"]) == 1
+    assert cli.main(["landscape", str(runs["resnet20"]), "--steps", "4"]) == 2
     assert "--steps must be odd" in _last_error_line(capsys)
 
 
@@ -208,7 +208,7 @@ def test_lesion_of_no_unit_reproduces_the_test_error_and_writes_table(
 def test_lesion_of_a_network_without_residual_units_fails_clearly(
     runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["lesion", str(runs["lenet5"] / "checkpoints" / "last.ckpt")]) == 1
+    assert cli.main(["lesion", str(runs["lenet5"] / "checkpoints" / "last.ckpt")]) == 2
     last = _last_error_line(capsys)
     assert last.startswith("ablate: error: ValueError: lenet5 (LeNet5) has no residual units"), last
 
@@ -238,7 +238,7 @@ def test_class_activation_maps_sum_to_the_logits() -> None:
 def test_visualize_refuses_a_head_that_is_not_global_average_pooling(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["visualize", str(runs["lenet5"]), "--out", str(tmp_path)]) == 1
+    assert cli.main(["visualize", str(runs["lenet5"]), "--out", str(tmp_path)]) == 2
     assert "no class activation maps for LeNet5" in _last_error_line(capsys)
     assert visualize.main([str(runs["lenet5"]), "--no-cam", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "visualize_filters.png").is_file()

@@ -320,5 +320,6 @@ def test_the_sweep_resumes_a_run_stopped_by_a_signal_later(code: int, tmp_path: 
 
     (run,) = sweep.plan(load_study("resnet_depth"), "smoke", 1, tmp_path, only=["resnet20"])
     monkeypatch.setattr(sweep, "command", lambda run, extra: [sys.executable, "-c", f"raise SystemExit({code})"])
-    assert sweep.execute(run, [], wandb=False) is None
+    fingerprint = sweep.Fingerprint("0123456789ab", {"code": "test"}, "commit")
+    assert sweep.execute(run, [], wandb=False, fingerprint=fingerprint) is None
     assert not (run.directory / "result.json").exists()
