@@ -211,6 +211,11 @@ class ImageDataModule(pl.LightningDataModule):
         """User-supplied training transforms, after the named preset; identity by default."""
         return images
 
+    def augment_normalized(self, images: torch.Tensor) -> torch.Tensor:
+        """Training-time geometric augmentation of the normalised float batch (a crop pads with
+        zeros, i.e. the mean); identity by default."""
+        return images
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, C, H, W)`` -> float, scaled to [0, 1] and standardised per channel."""
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
@@ -237,7 +242,10 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if train:
             images = self.custom_augment(self.augment_batch(images))
-        images = self.postprocess(self.normalize(images))
+        images = self.normalize(images)
+        if train:
+            images = self.augment_normalized(images)
+        images = self.postprocess(images)
         if train:
             if self.random_erasing > 0:
                 images = random_erasing(images, p=self.random_erasing)

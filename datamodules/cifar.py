@@ -45,7 +45,7 @@ from datamodules.image_folder import (
     scan_split,
     warn_skipped,
 )
-from datamodules.presets import BatchPreset, batch_preset
+from datamodules.presets import BatchPreset, batch_preset, normalized_preset
 from datamodules.whitening import GCN_SCALE, ZCA_EPSILON, GCNZCAWhitener
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -102,18 +102,24 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         num_workers: DataLoader workers (0 is fastest for in-memory batches).
         source: ``"auto"`` (pickle batches if present, else the image-folder tree), ``"pickle"``
             or ``"folder"``.
-        augment: Named training preset, run on whole uint8 batches on the device: ``none``,
-            ``flip``, ``standard`` (pad + random crop + flip), ``lecture`` (colour jitter, flip,
-            rotation 20), ``autoaugment`` / ``randaugment`` / ``trivialaugment`` (standard + the
-            policy, per image, slower); see ``datamodules.presets``.
+        augment: Named training preset, run on whole batches on the device: ``none``, ``flip``,
+            ``standard`` (pad + random crop + flip, on the normalised batch: the padding is the
+            mean), ``lecture`` (colour jitter, flip, rotation 20), ``autoaugment`` /
+            ``randaugment`` / ``trivialaugment`` (standard + the policy, per uint8 image, slower);
+            see ``datamodules.presets``.
         max_shift: Padding of the random crop (4 pixels, He et al.).
         train_transforms: Extra per-image uint8 tensor transforms after the preset (e.g.
             ``torchvision.transforms.v2`` classes as ``class_path`` entries); they run per image.
         random_erasing: Probability of random erasing per training image (0 = off).
         mixup_alpha: MixUp's Beta parameter (0 = off); training targets become soft.
         cutmix_alpha: CutMix's Beta parameter (0 = off); training targets become soft.
-        whiten: ``"gcn_zca"`` replaces per-channel normalisation with global contrast
-            normalisation + ZCA whitening fitted on the training split (maxout / All-CNN).
+        normalization: ``"channel"`` standardises each channel with the dataset's mean and std;
+            ``"pixel_mean"`` subtracts the per-pixel mean image (3x32x32) of the training part of the
+            split from pixels scaled to [0, 1], as He et al. 2015 (Sec. 4.2). The mean is computed
+            once, cached, and saved in every checkpoint, so evaluation and prediction of the run
+            use the mean it trained with.
+        whiten: ``"gcn_zca"`` replaces either normalisation with global contrast normalisation +
+            ZCA whitening fitted on the training split (maxout / All-CNN).
         gcn_scale: L2 norm of each image after GCN (55, as pylearn2).
         zca_epsilon: Regulariser added to the covariance eigenvalues (0.1, pylearn2's default).
         resize: Resize every split's batches to ``resize x resize`` after normalisation (e.g. to
@@ -152,6 +158,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        normalization: Literal["channel", "pixel_mean"] = "channel",
         whiten: Literal["none", "gcn_zca"] = "none",
         gcn_scale: float = GCN_SCALE,
         zca_epsilon: float = ZCA_EPSILON,
@@ -175,10 +182,18 @@ class CIFAR10DataModule(InMemoryImageDataModule):
             raise ValueError(f"source must be 'auto', 'pickle' or 'folder', got {source!r}")
         if whiten not in ("none", "gcn_zca"):
             raise ValueError(f"whiten must be 'none' or 'gcn_zca', got {whiten!r}")
+        if normalization not in ("channel", "pixel_mean"):
+            raise ValueError(f"normalization must be 'channel' or 'pixel_mean', got {normalization!r}")
+        if normalization == "pixel_mean" and whiten != "none":
+            raise ValueError("normalization='pixel_mean' and whiten='gcn_zca' exclude each other: "
+                             "the whitening does its own centring; choose one")
         self.source = source
         self.augment = augment
         self.max_shift = max_shift
         self._preset = batch_preset(augment, max_shift)
+        self._normalized_preset = normalized_preset(augment, max_shift)
+        self.normalization = normalization
+        self.pixel_mean: torch.Tensor | None = None  # (C, H, W) in [0, 1], for "pixel_mean"
         self.whiten = whiten
         self.gcn_scale = gcn_scale
         self.zca_epsilon = zca_epsilon
@@ -337,21 +352,58 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         state = self.cache.get_or_build(prefix, key, lambda: whitener.fit(train_images()).state_dict())
         return whitener.load_state_dict(state)
 
+    def _pixel_mean(self) -> torch.Tensor:
+        """The mean training image in [0, 1], cached on source, split and seed."""
+        key = hash_strings(self._source_keys["train"], self.seed, self.val_size, "pixel_mean")
+        prefix = f"{self.cache_name}-pixel-mean-{hash_strings(self.data_dir.resolve())[:8]}"
+
+        def build() -> dict[str, torch.Tensor]:
+            images = self.train_set.images
+            total = torch.zeros(images.shape[1:], dtype=torch.float64)
+            for start in range(0, len(images), 4096):  # float64 sums of uint8 chunks: exact, small
+                total += images[start : start + 4096].sum(0, dtype=torch.float64)
+            return {"mean": (total / len(images) / 255).float()}
+
+        return self.cache.get_or_build(prefix, key, build)["mean"]
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             super().setup(stage)
             if self.whiten == "gcn_zca":
                 self.whitener = self._whitener(lambda: self.train_set.images)
+            if self.normalization == "pixel_mean" and self.pixel_mean is None:
+                self.pixel_mean = self._pixel_mean()
             self._loaded.clear()  # the splits hold what they need
+
+    def state_dict(self) -> dict[str, Any]:
+        # Saved in every checkpoint: a run is evaluated with the mean it trained with.
+        return {"pixel_mean": self.pixel_mean} if self.pixel_mean is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        mean = state_dict.get("pixel_mean")
+        if mean is not None and self.normalization == "pixel_mean":
+            if tuple(mean.shape) != (self.in_chans, *type(self).image_size):
+                raise DataFormatError(
+                    f"{self.display_name}: the checkpoint's per-pixel mean has shape {tuple(mean.shape)}, "
+                    f"this data's images are {(self.in_chans, *type(self).image_size)}"
+                )
+            self.pixel_mean = mean.float()
 
     # ----- batches on the device ---------------------------------------------------------------
 
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         return self._preset(images)
 
+    def augment_normalized(self, images: torch.Tensor) -> torch.Tensor:
+        return self._normalized_preset(images)
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         if self.whitener is not None:
             return self.whitener(images)
+        if self.normalization == "pixel_mean":
+            if self.pixel_mean is None:
+                raise RuntimeError("setup() must run before batches are normalised (the per-pixel mean)")
+            return images.float().div_(255) - self.pixel_mean.to(images.device)
         return super().normalize(images)
 
     def postprocess(self, images: torch.Tensor) -> torch.Tensor:

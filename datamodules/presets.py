@@ -1,6 +1,8 @@
 """Named augmentation presets: batched ones for in-memory data, per-image ones for ImageNet.
 
-In-memory presets (``batch_preset``) map a uint8 batch to a uint8 batch on its device:
+In-memory presets map a batch to a batch on its device: the geometric ones (``flip``, ``standard``)
+the normalised float batch, so the crop pads with the mean (``normalized_preset``), the others the
+uint8 batch before normalisation (``batch_preset``; their crop pads with black):
 
 | name             | what                                                                   | cost      |
 |------------------|------------------------------------------------------------------------|-----------|
@@ -45,6 +47,8 @@ BatchPreset = Literal["none", "flip", "standard", "lecture", "autoaugment", "ran
 ImageNetPreset = Literal["none", "imagenet", "lecture", "autoaugment", "randaugment", "trivialaugment"]
 BATCH_PRESETS: tuple[str, ...] = BatchPreset.__args__
 IMAGENET_PRESETS: tuple[str, ...] = ImageNetPreset.__args__
+# Geometric presets, run after normalisation (``normalized_preset``).
+NORMALIZED_PRESETS = ("none", "flip", "standard")
 
 # The lecture's colour jitter (brightness, contrast, saturation, hue) and rotation range.
 LECTURE_JITTER = (0.2, 0.2, 0.2, 0.1)
@@ -77,7 +81,11 @@ def _policy(name: str, imagenet: bool) -> v2.Transform:
 
 
 def batch_preset(name: str, max_shift: int = 4) -> BatchPipeline:
-    """The in-memory preset ``name`` (see the module table) as a batch pipeline.
+    """The part of in-memory preset ``name`` (see the module table) that runs on the uint8 batch.
+
+    ``flip`` and ``standard`` are purely geometric: they run on the normalised batch instead
+    (``normalized_preset``), so the crop pads with zeros, i.e. with the mean, as the authors' Torch
+    code of He et al. (fb.resnet.torch ``datasets/cifar10.lua``: ColorNormalize, then RandomCrop(32, 4)).
 
     Args:
         name: One of ``BATCH_PRESETS``.
@@ -86,12 +94,8 @@ def batch_preset(name: str, max_shift: int = 4) -> BatchPipeline:
     if name not in BATCH_PRESETS:
         raise ValueError(f"unknown augmentation preset {name!r}; choose one of {', '.join(BATCH_PRESETS)}")
     standard = [partial(random_translate, max_shift=max_shift), random_hflip]
-    if name == "none":
+    if name in NORMALIZED_PRESETS:
         return BatchPipeline([])
-    if name == "flip":
-        return BatchPipeline([random_hflip])
-    if name == "standard":
-        return BatchPipeline(standard)
     if name == "lecture":
         brightness, contrast, saturation, hue = LECTURE_JITTER
         jitter = partial(
@@ -99,6 +103,15 @@ def batch_preset(name: str, max_shift: int = 4) -> BatchPipeline:
         )
         return BatchPipeline([jitter, random_hflip, partial(random_rotate, max_degrees=LECTURE_DEGREES)])
     return BatchPipeline([*standard, partial(apply_per_sample, _policy(name, imagenet=False))])
+
+
+def normalized_preset(name: str, max_shift: int = 4) -> BatchPipeline:
+    """The part of in-memory preset ``name`` that runs on the normalised float batch (see ``batch_preset``)."""
+    if name == "flip":
+        return BatchPipeline([random_hflip])
+    if name == "standard":
+        return BatchPipeline([partial(random_translate, max_shift=max_shift), random_hflip])
+    return BatchPipeline([])
 
 
 def imagenet_eval_transform(crop_size: int = 224, resize_size: int | None = None) -> v2.Compose:
