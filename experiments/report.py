@@ -67,14 +67,19 @@ def _seed_results(point_dir: Path, metric: str) -> Seeds:
 
 
 def _select_point(study: Study, arm_dir: Path) -> tuple[str, Seeds]:
-    """The grid point with the best mean validation accuracy (the papers' model selection)."""
+    """The grid point with the best mean validation accuracy of the final model (the papers' model
+    selection: a learning rate chosen on validation, the model at the end of training tested).
+    Records made before the final validation accuracy was kept are compared on their best one."""
     if not study.grid:
         return "", _seed_results(arm_dir, study.metric)
+    points = [(p, _seed_results(p, study.metric)) for p in sorted(arm_dir.iterdir()) if p.is_dir()] if (
+        arm_dir.is_dir()) else []
+    records = [r for _, point in points for r in point.completed]
+    key = "val/acc" if records and all("val/acc" in r["metrics"] for r in records) else "val/acc_best"
     best, seeds = None, Seeds()
-    for point_dir in sorted(p for p in arm_dir.iterdir() if p.is_dir()) if arm_dir.is_dir() else []:
-        point = _seed_results(point_dir, study.metric)
+    for point_dir, point in points:
         seeds.add(point, point_dir.name)
-        scores = [r["metrics"].get("val/acc_best") for r in point.completed]
+        scores = [r["metrics"].get(key) for r in point.completed]
         if point.completed and all(score is not None for score in scores):
             score = statistics.fmean(scores)
             if best is None or score > best[0]:

@@ -53,8 +53,9 @@ from lightning_modules.files import write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = "runs"
-# Keys copied from a run's metrics.csv into its result record (the test metrics come from test_results.json).
-RESULT_METRICS = ("val/acc_best",)
+# Keys copied from a run's metrics.csv into its result record (the test metrics come from test_results.json):
+# the last validation accuracy (the final model's, what a grid point is chosen on) and the best one.
+RESULT_METRICS = ("val/acc", "val/acc_best")
 # Where a sweep puts runs it replaced (a changed configuration, a retried failure): kept, never deleted.
 SUPERSEDED = "_superseded"
 

@@ -181,6 +181,21 @@ def test_grid_selection_uses_validation_not_test(tmp_path: Path) -> None:
     assert row["selected"] == "lr=0.1" and row["mean"] == 9.0
 
 
+def test_grid_selection_uses_the_final_models_validation_accuracy(tmp_path: Path) -> None:
+    """The rate is chosen on the validation accuracy of the model that is tested (the final one),
+    not on the best accuracy some earlier checkpoint reached."""
+    study = load_study("all_cnn")
+    arm_dir = tmp_path / "all_cnn" / "full" / "all_cnn_c"
+    for lr, final, best, test in ((0.25, 0.70, 0.95, 5.0), (0.1, 0.90, 0.91, 9.0), (0.05, 0.85, 0.86, 7.0),
+                                  (0.01, 0.60, 0.70, 12.0)):
+        seed_dir = arm_dir / f"lr={lr}" / "seed_0"
+        seed_dir.mkdir(parents=True)
+        (seed_dir / "result.json").write_text(json.dumps(
+            {"status": "completed", "seed": 0, "metrics": {"val/acc": final, "val/acc_best": best, "test/err": test}}))
+    row = next(r for r in report_module.collect(study, "full", tmp_path) if r["arm"] == "all_cnn_c")
+    assert row["selected"] == "lr=0.1" and row["mean"] == 9.0
+
+
 def test_unknown_study_and_arm_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match="unknown study 'nope'.*resnet_shortcuts"):
         load_study("nope")
