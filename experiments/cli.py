@@ -15,6 +15,7 @@ import contextvars
 import os
 import sys
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,7 +90,9 @@ class AblateCLI(LightningCLI):
             callbacks = [*callbacks, ThrottledRichProgressBar()]
         trainer = super()._instantiate_trainer(config, callbacks)
         _align_logger_versions(trainer.loggers)
-        _RUN["trainer"] = trainer  # for the exit status: had training begun when an error came?
+        # For the exit status (had training begun when an error came?); weak, so a finished run's
+        # trainer, model and data are not kept alive by this module.
+        _RUN["trainer"] = weakref.ref(trainer)
         return trainer
 
     # --- Reliability (issue #8; lightning_modules/reliability.py, README "Reliability") ---------
@@ -137,6 +140,11 @@ class AblateCLI(LightningCLI):
         log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
         if self.trainer.is_global_zero and log_dir:
             write_json_atomic(Path(log_dir) / TEST_RESULTS, results)
+
+    def after_test(self) -> None:
+        """``ablate test`` ends with the same one-line summary as ``fit --test_after_fit``."""
+        self._test_summary(f"checkpoint {self.config.test.get('ckpt_path')}"
+                           if self.config.test.get("ckpt_path") else "the configured weights")
 
     def _test_summary(self, model: str, **where: object) -> dict | None:
         """The test metrics just computed, and the one-line summary the demo ends with."""
@@ -208,7 +216,7 @@ def _classify(error: BaseException) -> int:
         return EXIT_TRAINING_FAILED
     if isinstance(error, (DataNotFoundError, DataFormatError, ConfigError, CheckpointError, StudyError)):
         return EXIT_SETUP_ERROR
-    trainer = _RUN.get("trainer")
+    trainer = _RUN["trainer"]() if "trainer" in _RUN else None
     return EXIT_TRAINING_FAILED if trainer is not None and trainer.global_step > 0 else EXIT_SETUP_ERROR
 
 

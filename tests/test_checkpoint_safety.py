@@ -100,17 +100,17 @@ def test_every_torch_load_in_the_project_passes_weights_only_true() -> None:
 def test_a_result_write_that_dies_midway_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "result.json"
     sweep.write_json_atomic(target, {"status": "completed", "metrics": {"test/err": 8.1}})
-    real_write_text = Path.write_text
+    import lightning_modules.files as files
 
-    def dies_halfway(self: Path, text: str, *args, **kwargs) -> int:
-        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+    def dies_before_the_rename(descriptor: int) -> None:  # the new text is half on disk, in the temp file
         raise KeyboardInterrupt  # the process is stopped in the middle of writing
 
-    monkeypatch.setattr(Path, "write_text", dies_halfway)
+    monkeypatch.setattr(files.os, "fsync", dies_before_the_rename)
     with pytest.raises(KeyboardInterrupt):
         sweep.write_json_atomic(target, {"status": "failed", "reason": "x" * 10_000})
     monkeypatch.undo()
     assert json.loads(target.read_text()) == {"status": "completed", "metrics": {"test/err": 8.1}}
+    assert [path.name for path in tmp_path.iterdir()] == ["result.json"], "no temp file left behind"
     assert sweep.read_result(tmp_path)["status"] == "completed"
 
 

@@ -319,7 +319,7 @@ def test_a_sweep_with_failed_or_missing_runs_exits_non_zero(cifar_dir: Path, tmp
     shutil.copytree(REPO / "experiments" / "studies" / "resnet_depth", study)
     meta = yaml.safe_load((study / "study.yaml").read_text())
     meta["name"] = "diverge"
-    meta["arms"] = {"lr_1e12": {"paper": 5.0, "label": "lr 1e12"}}
+    meta["arms"], meta["reference"] = {"lr_1e12": {"paper": 5.0, "label": "lr 1e12"}}, "lr_1e12"
     (study / "study.yaml").write_text(yaml.safe_dump(meta))
     (study / "arms" / "lr_1e12.yaml").write_text(  # no batch norm to absorb it: NaN at once
         "model:\n  network:\n    init_args: {name: all_cnn_c}\n  optimizer:\n    init_args: {lr: 1.0e+12}\n")
