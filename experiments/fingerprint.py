@@ -130,6 +130,7 @@ def git_commit() -> str:
         return "unknown"
 
 
+@cache
 def library_versions() -> dict[str, str]:
     versions = {}
     for name in LIBRARIES:

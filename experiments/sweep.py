@@ -395,7 +395,7 @@ def supersede(run: PlannedRun, stamp: str) -> Path:
     return target
 
 
-def resolve_conflicts(conflicts: list[Conflict], changed: str | None, log=print) -> set[Path]:
+def resolve_conflicts(conflicts: list[Conflict], changed: str | None, stamp: str, log=print) -> set[Path]:
     """Stop (no ``--changed``), move the conflicting runs aside (``rerun``), or keep their results (``keep``).
 
     Returns:
@@ -411,7 +411,6 @@ def resolve_conflicts(conflicts: list[Conflict], changed: str | None, log=print)
             f"or code; nothing was trained. Rerun them with --changed rerun (the old folders move to {SUPERSEDED}/), "
             "or keep their results knowingly with --changed keep (the report flags them)."
         )
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     kept = set()
     for conflict in conflicts:
         if changed == "keep" and conflict.finished:
@@ -445,9 +444,9 @@ def sweep(runs: list[PlannedRun], extra: list[str], wandb: bool = False, retry_f
     """
     children = children or Children()
     fingerprints = {run.directory: planned_fingerprint(run, extra, wandb) for run in runs}
-    kept = resolve_conflicts(find_conflicts(runs, fingerprints), changed, log)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")  # one _superseded/<stamp> per sweep
+    kept = resolve_conflicts(find_conflicts(runs, fingerprints), changed, stamp, log)
     todo, skipped = [], 0
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     for run in runs:
         result = read_result(run.directory)
         if result and (result["status"] == "completed" or not retry_failed):
