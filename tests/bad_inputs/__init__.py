@@ -1,5 +1,6 @@
-"""The bad-input corpus of issue #8: every case is one line of ``CASES``, run through the real
-``ablate`` command by ``tests/test_bad_inputs.py``.
+"""The bad-input corpus: every case is one line of ``CASES``, run through the real ``ablate``
+command by ``tests/test_bad_inputs.py``. The first cases live here; each family of cases added
+since lives in its own file (``FAMILIES``) with the inputs it needs.
 
 Each case must end with a non-zero exit, a last stderr line ``ablate: error: <Type>: <message>``
 containing ``expect``, and nothing recorded as a finished result (no ``*.ckpt`` and no
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +26,10 @@ import yaml
 from PIL import Image
 
 from datamodules.synthetic import write_cifar10_pickles, write_cifar100_pickles, write_idx, write_image_tree
+from tests.bad_inputs.case import CIFAR, FIT, MARKER, TEST, Case
 from tests.conftest import write_synthetic_mnist
 
-MARKER = "pwned.txt"  # what the malicious checkpoint's payload would create
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    args: str  # after `ablate`; {placeholders} from write_inputs
-    expect: str  # fragment of the last stderr line
-    xfail: str = ""  # why it cannot pass yet (a fix outside this package, see the issue #8 report)
-
-
-FIT = "fit --config {config}"
-TEST = "test --config {config}"
-CIFAR = "--data=datamodules.CIFAR10DataModule --data.download=false --data.val_size=10 --data.data_dir"
-
-CASES: list[Case] = [
+_CORE_CASES: list[Case] = [
     # ----- configuration ---------------------------------------------------------------------------------
     Case("unknown-architecture", f"{FIT} --model.network.init_args.name=resnet2000",
          "KeyError: unknown architecture 'resnet2000'. Did you mean: resnet20"),
@@ -115,9 +101,23 @@ CASES: list[Case] = [
          " --trainer.fast_dev_run=4", "NonFiniteLossError: non-finite training loss (nan) at global step 1"),
 ]
 
+# Families of cases beyond the first corpus, one file each (``Case`` lines plus their inputs).
+from tests.bad_inputs import data_files, messages, runs, saves  # noqa: E402
+
+FAMILIES = (data_files, runs, saves, messages)
+CASES: list[Case] = _CORE_CASES + [case for family in FAMILIES for case in family.CASES]
+
 
 def write_inputs(root: Path) -> dict[str, str]:
     """Create every input the cases name; returns the ``{placeholder: path}`` table."""
+    table = _write_core_inputs(root)
+    for family in FAMILIES:
+        folder = root / family.__name__.rsplit(".", 1)[-1]
+        table.update({name: str(path) for name, path in family.write_inputs(folder).items()})
+    return table
+
+
+def _write_core_inputs(root: Path) -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"root": root}
 
