@@ -106,17 +106,34 @@ class AblateCLI(LightningCLI):
         self._checkpoint = reliability.prepare_run(self.config)
 
     def after_instantiate_classes(self) -> None:
-        # num_classes/in_chans given but contradicting the data; a checkpoint of another network.
+        # num_classes/in_chans given but contradicting the data; a checkpoint of another network or
+        # of a diverged run; evaluation without trained weights; a resume with changed settings.
+        # Then the run folder is locked: one process per run folder, until the run ends.
         from lightning_modules import reliability
 
-        reliability.check_run(self, getattr(self, "_checkpoint", None))
+        self._run_folder = reliability.check_run(self, getattr(self, "_checkpoint", None))
         self._checkpoint = None  # not kept in memory through training
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # The run folder is held through fit and --test_after_fit, and let go when they end; a crash
+        # or kill lets go of it too (lightning_modules/run_lock.py).
+        from lightning_modules import run_lock
+
+        try:
+            super()._run_subcommand(subcommand)
+        finally:
+            if getattr(self, "_run_folder", None) is not None:
+                run_lock.release(self._run_folder)
     # --- end Reliability ------------------------------------------------------------------------
 
 
     def after_fit(self) -> None:
         if not self.config.fit.get("test_after_fit") or self.trainer.interrupted:
             return
+        if self.trainer.global_step == 0:  # e.g. limit_train_batches=0: no result to report
+            from lightning_modules.run_guards import no_step_taken_error
+
+            raise no_step_taken_error(self.trainer)
         which = self.config.fit.get("test_checkpoint") or "best"
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None and callback.best_model_path else None

@@ -288,6 +288,7 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], pa
         if key in saved and tuple(saved[key].shape) != tuple(value.shape)
     ]
     if not mismatched:
+        _check_finite(saved, path)
         return
     num_classes = getattr(model, "num_classes", None)
     in_chans = getattr(getattr(model, "network", model), "in_chans", None)
@@ -315,6 +316,18 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], pa
         f"{path} does not fit this network{_trained_with(path)}: {len(mismatched)} tensor(s) differ in shape, "
         f"e.g. {key} is {list(was)} in the checkpoint, {list(now)} here. Use the configuration it was trained with."
     )
+
+
+def _check_finite(state_dict: dict[str, Any], path: Path) -> None:
+    """A checkpoint with NaN or infinite weights (saved by a run that diverged) evaluates to chance or
+    NaN while looking like a result; refused before it is used."""
+    tensors = [value for value in state_dict.values() if isinstance(value, torch.Tensor)]
+    bad = [value for value in tensors if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds non-finite weights ({len(bad)} of {len(tensors)} tensors have NaN or inf values); it is "
+            "not a trained model (the run that saved it diverged). Use an earlier checkpoint of that run"
+        )
 
 
 # ----- `--ckpt_path last` ------------------------------------------------------------------------
@@ -455,7 +468,12 @@ def prepare_run(config: Any) -> dict[str, Any] | None:
             "or a --config that sets `data:`"
         )
     if subcommand == "fit":
+        from lightning_modules import run_guards
+
         _check_learning_rate(run)
+        run_guards.check_run_has_an_end(run)
+        run_guards.check_test_after_fit_trains(run)
+        run_guards.check_checkpointing(run)
         refuse_to_overwrite_a_finished_run(run.get("trainer"), run.get("ckpt_path"))
     ckpt_path = run.get("ckpt_path")
     if ckpt_path == "last":
@@ -493,20 +511,77 @@ def _check_learning_rate(run: Any) -> None:
         )
 
 
-def check_run(cli: Any, checkpoint: dict[str, Any] | None) -> None:
+def check_run(cli: Any, checkpoint: dict[str, Any] | None) -> Path | None:
     """Checks once the classes exist: explicit ``num_classes``/``in_chans`` that contradict the
-    data, and a checkpoint that does not fit the network. Runs before any data is read."""
+    data, evaluation without trained weights, a checkpoint that does not fit the network (or holds
+    non-finite weights), a resume that changes the run's settings; then the run folder is locked
+    for this process. Runs before any data is read.
+
+    Returns:
+        The run folder this process now holds (``run_lock``; the CLI releases it when the run
+        ends), or None.
+    """
+    from lightning_modules import run_guards, run_lock
+
     subcommand = cli.subcommand
     run = cli.config[subcommand] if subcommand else cli.config  # run=False: no subcommand level
     _check_linked_values(run, cli.datamodule)
+    if subcommand:
+        run_guards.check_needs_weights(subcommand, run, cli.model)
     if checkpoint is not None:
-        path = run["ckpt_path"]
-        check_checkpoint_fits(cli.model, checkpoint, path)
-        if subcommand == "fit":
+        check_checkpoint_fits(cli.model, checkpoint, run["ckpt_path"])
+    folder = lock_run_folder(cli.trainer, run.get("trainer")) if subcommand else None
+    try:
+        if subcommand == "fit" and run.get("ckpt_path") not in (None, "best", "hpc"):
+            # Compared as SaveConfigCallback would write it, so equal settings compare equal.
+            current = yaml.safe_load(cli._parser(subcommand).dump(run, skip_none=False)) or {}
+            run_guards.check_resumed_config(current, fixed_run_folder(run.get("trainer")), run["ckpt_path"])
+        if checkpoint is not None and subcommand == "fit":
             keep_metrics_history(cli.trainer, int(checkpoint.get("global_step", 0)))
-    if subcommand in ("validate", "test", "predict"):
-        # Evaluating a run in its own folder adds rows to its metrics.csv rather than replacing it.
-        keep_metrics_history(cli.trainer, sys.maxsize)
+        if subcommand in ("validate", "test", "predict"):
+            # Evaluating a run in its own folder adds rows to its metrics.csv rather than replacing it.
+            keep_metrics_history(cli.trainer, sys.maxsize)
+    except BaseException:
+        if folder is not None:
+            run_lock.release(folder)
+        raise
+    return folder
+
+
+def lock_run_folder(trainer: pl.Trainer, trainer_config: Any) -> Path | None:
+    """Hold the run folder for this process (``run_lock``); refuse when another process holds it.
+
+    The folder is the configured one (a fixed logger version, as a sweep's or a resumed run's) or,
+    for a new ``version_N``, the first file logger's; two new runs that counted the same N at once
+    do not clash: the later one takes the next number. Only global rank 0 locks (DDP's other ranks
+    write nothing into the folder and must not wait for it). W&B-only runs keep their own folders.
+    """
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from lightning_modules import run_lock
+
+    if trainer.global_rank != 0:
+        return None
+    folder = fixed_run_folder(trainer_config)
+    logger = trainer.loggers[0] if trainer.loggers else None
+    numbered = folder is None and isinstance(logger, (CSVLogger, TensorBoardLogger))
+    if folder is None and not numbered:
+        return None
+    for _ in range(1000):
+        if numbered:
+            version = logger.version
+            folder = Path(logger.root_dir) / (version if isinstance(version, str) else f"version_{version}")
+        try:
+            return folder if run_lock.acquire(folder) else None
+        except run_lock.RunFolderInUse as busy:
+            if not numbered or not isinstance(logger.version, int):
+                holder = run_lock.describe_holder(busy.holder)
+                raise ConfigError(f"run folder {busy.folder} is in use by another ablate process ({holder}); "
+                                  "wait for it or choose another folder") from None
+            for each in trainer.loggers:  # the loggers share the version (cli._align_logger_versions)
+                if hasattr(each, "_version"):
+                    each._version = version + 1
+    raise ConfigError(f"no free run folder next to {folder}")
 
 
 def _check_linked_values(run: Any, datamodule: Any) -> None:

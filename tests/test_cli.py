@@ -62,8 +62,16 @@ def test_print_config_is_complete_and_rerunnable(synthetic_mnist: Path, tmp_path
 
 
 def test_validate_and_predict(synthetic_mnist: Path, tmp_path: Path) -> None:
+    import torch
+
+    from architectures import create_model
+
+    # Evaluating randomly initialised weights is refused (tests/test_run_guards.py); plain weights do.
+    weights = tmp_path / "weights.pt"
+    torch.save(create_model("inception_mnist", num_classes=10, in_chans=1).state_dict(), weights)
     for command in ("validate", "predict"):
-        result = run_ablate(command, "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), cwd=tmp_path)
+        result = run_ablate(command, "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
+                            f"--model.weights={weights}", cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
 
 

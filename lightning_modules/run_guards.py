@@ -1,0 +1,197 @@
+"""Runs that cannot mean anything are refused before they start (README, "Reliability").
+
+- ``check_run_has_an_end``: ``max_epochs=-1`` with ``max_steps=-1`` and no ``max_time`` trains
+  until the process is killed.
+- ``check_test_after_fit_trains``: ``--test_after_fit`` of a run that takes no optimiser step
+  would report the untrained network's accuracy as the run's result.
+- ``check_checkpointing``: ``--ckpt_path last`` with nothing configured that writes ``last.ckpt``
+  (a ``callbacks:`` list in a config replaces the defaults) would quietly start a new run.
+- ``check_needs_weights``: ``validate``/``test``/``predict`` of randomly initialised weights.
+- ``check_resumed_config``: a resumed run whose settings differ from the run's saved
+  ``config.yaml`` (the checkpoint restores the old optimiser state while the new config.yaml
+  would record settings that never ran).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_modules.reliability import ConfigError, _as_list, _get, _say
+
+# How long a run trains. A resumed run may change these only without a learning-rate schedule: a
+# schedule's length is filled from them when the run starts and restored from the checkpoint
+# afterwards, so the resumed run would follow the old length while its config said the new one.
+LENGTH = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs",
+          "trainer.min_steps")
+CALLBACKS_HINT = (
+    "a `callbacks:` list in a config replaces the defaults of experiments/presets/defaults.yaml, "
+    "their last.ckpt checkpoint included; write `callbacks+:` to add to them, or list a ModelCheckpoint "
+    "with `filename: last` (or `save_last: true`) yourself"
+)
+
+
+def check_run_has_an_end(run: Any) -> None:
+    trainer = _get(run, "trainer")
+    if _get(trainer, "fast_dev_run") or _get(trainer, "max_time"):
+        return
+    if _get(trainer, "max_epochs") != -1 or _get(trainer, "max_steps", default=-1) != -1:
+        return
+    if any(_is(callback, "pytorch_lightning.callbacks.EarlyStopping", "pytorch_lightning.callbacks.Timer")
+           for callback in _as_list(_get(trainer, "callbacks"))):
+        return  # the user gave the run its end
+    raise ConfigError(
+        "this run has no end: trainer.max_epochs=-1 with trainer.max_steps=-1 trains until the process is "
+        "killed. Give --trainer.max_epochs N, --trainer.max_steps N or --trainer.max_time DD:HH:MM:SS"
+    )
+
+
+def check_test_after_fit_trains(run: Any) -> None:
+    if not run.get("test_after_fit") or run.get("ckpt_path") is not None:
+        return  # a resumed run was trained before; `after_fit` checks that a step was taken
+    trainer = _get(run, "trainer")
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        if _get(trainer, key) == 0:
+            raise ConfigError(
+                f"--test_after_fit with trainer.{key}=0 trains nothing: the test would report the untrained "
+                "network's accuracy as this run's result. Train at least one step, or test a trained "
+                "checkpoint with `ablate test --ckpt_path FILE`"
+            )
+
+
+def no_step_taken_error(trainer: Any) -> ConfigError:
+    """For ``after_fit``: a fit that took no optimiser step has no result to test."""
+    return ConfigError(
+        f"--test_after_fit: the fit took no optimiser step (max_epochs={trainer.max_epochs}, "
+        f"max_steps={trainer.max_steps}), so there is no trained model to test and no result to report. "
+        "Train at least one step, or test a trained checkpoint with `ablate test --ckpt_path FILE`"
+    )
+
+
+def _is(callback: Any, *class_paths: str) -> bool:
+    """Whether a callback's ``class_path`` names one of these classes or a subclass."""
+    class_path = str(_get(callback, "class_path", default=""))
+    try:
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        bases = []
+        for path in class_paths:
+            base_module, _, base_name = path.rpartition(".")
+            bases.append(getattr(importlib.import_module(base_module), base_name))
+        return isinstance(cls, type) and issubclass(cls, tuple(bases))
+    except (ImportError, AttributeError, ValueError):
+        return class_path.rsplit(".", 1)[-1] in {path.rsplit(".", 1)[-1] for path in class_paths}
+
+
+def _writes_last(callback: Any) -> bool:
+    if _is(callback, "lightning_modules.reliability.CheckpointOnSignal"):
+        return True  # on SIGTERM/SIGUSR1: the preempted run can be resumed
+    if not _is(callback, "pytorch_lightning.callbacks.ModelCheckpoint"):
+        return False
+    args = _get(callback, "init_args")
+    return bool(_get(args, "save_last")) or (_get(args, "filename") == "last"
+                                             and _get(args, "save_top_k", default=1) != 0)
+
+
+def check_checkpointing(run: Any) -> None:
+    """Refuse ``fit --ckpt_path last`` when nothing writes ``last.ckpt``; warn a fit that saves none."""
+    trainer = _get(run, "trainer")
+    callbacks = _as_list(_get(trainer, "callbacks"))
+    if any(_writes_last(callback) for callback in callbacks):
+        return
+    off = _get(trainer, "enable_checkpointing") is False
+    why = ("trainer.enable_checkpointing=false saves no checkpoint" if off
+           else f"trainer.callbacks configures nothing that writes last.ckpt ({CALLBACKS_HINT})")
+    if run.get("ckpt_path") == "last":
+        raise ConfigError(f"--ckpt_path last resumes from the run's last.ckpt, but {why}")
+    if _get(trainer, "fast_dev_run"):
+        return  # saves nothing anyway, by design
+    if off:
+        _say("ablate: warning: trainer.enable_checkpointing=false: nothing of this run will be saved; it cannot "
+             "be resumed or tested afterwards")
+    else:
+        _say(f"ablate: warning: no last.ckpt will be saved, so this run cannot be resumed with --ckpt_path last: "
+             f"{CALLBACKS_HINT}")
+
+
+def check_needs_weights(subcommand: str, run: Any, model: Any) -> None:
+    if subcommand not in ("validate", "test", "predict") or run.get("ckpt_path") is not None:
+        return
+    if getattr(model, "weights", None):
+        return
+    raise ConfigError(
+        f"{subcommand} needs trained weights: give --ckpt_path FILE|last|best or --model.weights FILE; without "
+        f"them it would {'predict with' if subcommand == 'predict' else 'evaluate'} a randomly initialised network"
+    )
+
+
+def saved_configs(run_folder: Path | None, ckpt_path: str) -> list[Path]:
+    """The ``config.yaml`` files a resumed run must agree with: the run folder it logs into (whose
+    config.yaml it would rewrite) and the run folder its checkpoint comes from (whose optimiser
+    state it restores)."""
+    candidates = []
+    if run_folder is not None:
+        candidates.append(run_folder / "config.yaml")
+    checkpoint = Path(ckpt_path)
+    if checkpoint.parent.name == "checkpoints":
+        candidates.append(checkpoint.parent.parent / "config.yaml")
+    elif checkpoint.name.startswith("hpc_ckpt_"):  # SLURM's pre-emption checkpoints lie in the run folder
+        candidates.append(checkpoint.parent / "config.yaml")
+    found: dict[Path, Path] = {}
+    for path in candidates:
+        if path.is_file():
+            found.setdefault(path.resolve(), path)
+    return list(found.values())
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The result-deciding keys (``experiments.fingerprint.result_config``) whose values differ.
+
+    Where and how a run happens (devices, data location, workers, loggers, bookkeeping callbacks)
+    may change on resume. A key present on one side only is left out unless it names a callback
+    that changes training: a parameter added to the code since the run started is not a change of
+    the run. The length (``LENGTH``) may change when no learning-rate schedule is configured.
+    """
+    from experiments.fingerprint import result_config
+
+    old, new = result_config(saved), result_config(current)
+    scheduled = _get(current, "model", "lr_scheduler") is not None
+    changes = {}
+    for key in sorted(set(old) | set(new)):
+        if key not in old or key not in new:
+            if not key.startswith("trainer.callbacks."):
+                continue
+        elif old[key] == new[key] or (key in LENGTH and not scheduled):
+            continue
+        changes[key] = (old.get(key, "<absent>"), new.get(key, "<absent>"))
+    return changes
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def check_resumed_config(current: dict[str, Any], run_folder: Path | None, ckpt_path: str) -> None:
+    """Refuse a resume whose result-deciding settings differ from the run's saved config.yaml."""
+    for path in saved_configs(run_folder, ckpt_path):
+        try:
+            saved = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # unreadable: nothing to compare with (the resumed run writes a new one)
+        changes = config_changes(saved, current)
+        if not changes:
+            continue
+        shown = "; ".join(f"{key}: {_show(old)} -> {_show(new)}" for key, (old, new) in list(changes.items())[:6])
+        more = f" (and {len(changes) - 6} more)" if len(changes) > 6 else ""
+        length = (" A learning-rate schedule is restored from the checkpoint with the old length, so the length "
+                  "can change only in runs without one." if set(changes) & set(LENGTH) else "")
+        raise ConfigError(
+            f"resuming {ckpt_path} with settings that differ from the run's saved config {path}: {shown}{more}. "
+            "The checkpoint restores the old optimiser and schedule state, and config.yaml would record settings "
+            f"that never ran.{length} Start a new run (another folder; --model.weights {ckpt_path} starts from its "
+            "weights), or resume without changing them"
+        )
