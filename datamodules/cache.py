@@ -3,15 +3,21 @@
 A key is a hash of the source's file list with each file's size and mtime (plus whatever settings
 shape the result), so editing, adding or removing a file invalidates the entry. Entries are plain
 ``.pt`` dicts of tensors, strings and numbers, read back with ``torch.load(weights_only=True)``;
-writes go to a temporary file first and are moved into place with ``os.replace``, so concurrent
-DDP ranks or an interrupted run never leave a half-written entry. A new entry replaces the older
-entries of the same dataset, split and source.
+writes go to a temporary file beside the entry, flushed to disk, then moved into place with
+``os.replace``, so concurrent DDP ranks or an interrupted run never leave a half-written entry. A new
+entry replaces the older entries of the same dataset, split and source.
+
+The cache is an optimisation, never a reason to stop: an entry that cannot be read is a miss (and
+is rebuilt), and one that cannot be written (a full disk, a cache folder that is a file, no
+permission) costs one line on stderr and the run goes on without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
@@ -42,6 +48,24 @@ def file_fingerprint(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
+def save_atomic(entry: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, renamed over ``path``.
+
+    Saved through an open file, so a full disk surfaces as ``OSError`` (ENOSPC) rather than the
+    C++ writer's RuntimeError; on any failure the temporary file is removed and ``path`` is untouched.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(entry, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # only left when writing failed
+
+
 class DiskCache:
     """Entries ``<cache_dir>/<prefix>-<key>.pt``; ``prefix`` names dataset, split and source.
 
@@ -58,33 +82,34 @@ class DiskCache:
     def load(self, prefix: str, key: str) -> dict[str, Any] | None:
         """The entry, or None when it is missing or unreadable (then it is rebuilt)."""
         path = self.path(prefix, key)
-        if not path.is_file():
-            return None
         try:
+            if not path.is_file():  # also False when the cache folder is a file: save() says so
+                return None
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # truncated by a full disk, written by an incompatible version...
             warnings.warn(f"ignoring unreadable cache entry {path} ({error}); rebuilding it", stacklevel=2)
             return None
 
     def save(self, prefix: str, key: str, entry: dict[str, Any]) -> Path | None:
-        """Write atomically and drop the entries it supersedes; warn (not fail) when unwritable."""
+        """Write atomically and drop the entries it supersedes; one line on stderr (not a failure)
+        when it cannot be written."""
         path = self.path(prefix, key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(entry, tmp)
-            os.replace(tmp, path)
-        except OSError as error:
-            tmp.unlink(missing_ok=True)
-            warnings.warn(
-                f"could not write cache entry {path} ({error}); the next run decodes again. "
-                "Set cache_dir (or $ABLATE_CACHE_DIR) to a writable folder.",
-                stacklevel=2,
-            )
+            save_atomic(entry, path)
+        except Exception as error:  # OSError, and torch.save's RuntimeError from its C++ writer
+            if os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
+                reason = f"the cache folder {self.cache_dir} is a file"
+            elif isinstance(error, OSError) and error.strerror:
+                reason = error.strerror
+            else:
+                reason = (str(error).splitlines() or [type(error).__name__])[0]
+            print(f"cache not written: {path}: {reason}; training continues without it", file=sys.stderr)
             return None
-        for old in self.cache_dir.glob(f"{prefix}-*.pt"):
-            if old != path:
-                old.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a stale entry left behind costs disk space only
+            for old in self.cache_dir.glob(f"{prefix}-*.pt"):
+                if old != path:
+                    old.unlink(missing_ok=True)
         return path
 
     def get_or_build(self, prefix: str, key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:

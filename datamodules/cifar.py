@@ -2,8 +2,9 @@
 
 Two on-disk sources, auto-detected under ``data_dir``:
 
-* torchvision's pickle batches (``cifar-10-batches-py/`` or ``cifar-100-python/``), read with
-  torchvision's own loader, downloaded when missing and the network allows;
+* torchvision's pickle batches (``cifar-10-batches-py/`` or ``cifar-100-python/``), read with an
+  unpickler that builds nothing but CIFAR data (``datamodules.cifar_pickle``), downloaded by
+  torchvision when missing and the network allows;
 * an image-folder tree ``train/<class>/*`` + ``test/<class>/*`` (PNG or JPEG), such as
   ``../shared/data/cifar10-jpeg``; classes take the canonical order (``airplane`` ... ``truck``),
   which is also the sorted order of the folder names.
@@ -13,15 +14,14 @@ run on the 60k-image JPEG tree decodes in a few seconds, later runs load the cac
 Validation is a seeded 5k carved from the 50k training images, seen through eval transforms
 (He et al. 2015 use 45k/5k); the official 10k test set is the test set.
 
-torchvision's CIFAR reader verifies each batch file's md5. That check is bypassed (and only that:
-a subclass overrides ``_check_integrity`` / ``_load_meta`` to test for presence), so re-packed or
-synthetic batches in the same format load too; a truncated or corrupt batch still fails, naming
-the file. Downloads keep torchvision's md5 check.
+The batch files are not md5-checked (torchvision's reader would check them), so re-packed or
+synthetic batches in the same format load too; a truncated or corrupt batch, or one holding anything
+but CIFAR's dict of arrays, lists and strings, fails naming the file. Downloads keep torchvision's
+md5 check.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +38,7 @@ from datamodules.base import (
     resize_batch,
 )
 from datamodules.cache import DiskCache, file_fingerprint, hash_strings
+from datamodules.cifar_pickle import read_cifar_batches, read_cifar_classes
 from datamodules.image_folder import (
     CorruptImageError,
     decode_files,
@@ -60,33 +61,6 @@ CIFAR100_CLASSES = tuple(
     tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman
     worm""".split()
 )
-
-
-class _PresenceChecked:
-    """Mixin for torchvision's CIFAR readers: existence instead of md5 (see the module docstring)."""
-
-    root: str
-    base_folder: str
-    train_list: list[list[str]]
-    test_list: list[list[str]]
-    meta: dict[str, str]
-
-    def _check_integrity(self) -> bool:
-        folder = Path(self.root) / self.base_folder
-        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
-
-    def _load_meta(self) -> None:
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as file:
-            self.classes = pickle.load(file, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
-
-
-class _CIFAR10Batches(_PresenceChecked, CIFAR10):
-    pass
-
-
-class _CIFAR100Batches(_PresenceChecked, CIFAR100):
-    pass
 
 
 class CIFAR10DataModule(InMemoryImageDataModule):
@@ -140,7 +114,8 @@ class CIFAR10DataModule(InMemoryImageDataModule):
     display_name = "CIFAR-10"
     cache_name = "cifar10"
     pickle_folder = "cifar-10-batches-py"
-    pickle_reader: type[CIFAR10] = _CIFAR10Batches
+    pickle_layout: type[CIFAR10] = CIFAR10  # torchvision's class, for its file names only
+    label_key = "labels"
     downloader: type[CIFAR10] = CIFAR10
 
     def __init__(
@@ -229,9 +204,9 @@ class CIFAR10DataModule(InMemoryImageDataModule):
 
     def _pickle_files(self, train: bool) -> list[Path]:
         """The batch files of a split, then the meta file."""
-        reader = self.pickle_reader
-        names = [name for name, _ in (reader.train_list if train else reader.test_list)]
-        return [self.data_dir / self.pickle_folder / name for name in (*names, reader.meta["filename"])]
+        layout = self.pickle_layout
+        names = [name for name, _ in (layout.train_list if train else layout.test_list)]
+        return [self.data_dir / self.pickle_folder / name for name in (*names, layout.meta["filename"])]
 
     def prepare_data(self) -> None:
         """Download when needed, then decode both splits (and fit ZCA) into the cache."""
@@ -250,35 +225,24 @@ class CIFAR10DataModule(InMemoryImageDataModule):
     # ----- decoding and caching ----------------------------------------------------------------
 
     def _read_pickles(self, train: bool) -> dict[str, Any]:
+        *batches, meta = self._pickle_files(train)
         try:
-            dataset = self.pickle_reader(self.data_dir, train=train, download=False)
-        except Exception as error:  # UnpicklingError, EOFError, KeyError, reshape ValueError...
+            images, labels = read_cifar_batches(batches, self.label_key)
+            classes = read_cifar_classes(meta, self.pickle_layout.meta["key"])
+        except DataFormatError as error:
             raise DataFormatError(
-                f"{self.display_name}: {self._unreadable_pickle(train)} is unreadable "
-                f"({type(error).__name__}: {error}). "
-                f"Delete {self.data_dir / self.pickle_folder} and download again."
-            ) from error
-        if len(dataset.classes) != self.num_classes:
+                f"{self.display_name}: {error}. Delete {self.data_dir / self.pickle_folder} and download again."
+            ) from None
+        if len(classes) != self.num_classes:
             raise DataFormatError(
-                f"{self.display_name}: {self._pickle_files(train)[-1]} lists {len(dataset.classes)} classes, "
-                f"expected {self.num_classes}"
+                f"{self.display_name}: {meta} lists {len(classes)} classes, expected {self.num_classes}"
             )
-        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
         return {
-            "images": images,
-            "labels": torch.tensor(dataset.targets),
-            "classes": list(dataset.classes),
+            "images": torch.from_numpy(images),  # (N, 3, 32, 32): rows of R, G, B planes
+            "labels": torch.from_numpy(labels),
+            "classes": classes,
             "skipped": [],
         }
-
-    def _unreadable_pickle(self, train: bool) -> Path | str:
-        for path in self._pickle_files(train):
-            try:
-                with open(path, "rb") as file:
-                    pickle.load(file, encoding="latin1")
-            except Exception:
-                return path
-        return f"one of {', '.join(str(path) for path in self._pickle_files(train))}"
 
     def _decode_tree(
         self, root: Path, files: list[str], labels: list[int], classes: list[str]
@@ -424,5 +388,6 @@ class CIFAR100DataModule(CIFAR10DataModule):
     display_name = "CIFAR-100"
     cache_name = "cifar100"
     pickle_folder = "cifar-100-python"
-    pickle_reader = _CIFAR100Batches
+    pickle_layout = CIFAR100
+    label_key = "fine_labels"
     downloader = CIFAR100

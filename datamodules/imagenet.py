@@ -233,13 +233,31 @@ class ImageNetDataModule(ImageDataModule):
         val_files, val_labels = scan_split(val_root, classes, "ImageNet")
         names = classes
         if layout == "torchvision" and (self.data_dir / META_FILE).is_file():
-            wnid_to_names = load_meta_file(str(self.data_dir))[0]
+            wnid_to_names = self._class_names()
             names = [wnid_to_names[wnid][0] if wnid in wnid_to_names else wnid for wnid in classes]
         self.classes = tuple(names)
         return (
             list(zip(train_files, train_labels, strict=True)),
             list(zip(val_files, val_labels, strict=True)),
         )
+
+    def _class_names(self) -> dict[str, tuple[str, ...]]:
+        """``{wnid: (name, synonyms...)}`` from torchvision's ``meta.bin`` (read with ``weights_only``)."""
+        meta = self.data_dir / META_FILE
+        try:
+            wnid_to_names = load_meta_file(str(self.data_dir))[0]
+            if not isinstance(wnid_to_names, dict) or not all(
+                isinstance(names, (tuple, list)) and names and isinstance(names[0], str)
+                for names in wnid_to_names.values()
+            ):
+                raise ValueError("its first item is not a {wnid: (class name, ...)} table")
+        except Exception as error:  # UnpicklingError, RuntimeError, a tuple of the wrong shape...
+            raise DataFormatError(
+                f"ImageNet: {meta} is unreadable ({type(error).__name__}: {(str(error).splitlines() or [''])[0]}). "
+                "Delete it: torchvision rebuilds it from the devkit archive, and without either the "
+                "folder names are the class names."
+            ) from None
+        return wnid_to_names
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:  # split once, however many stages ask

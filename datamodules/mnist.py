@@ -1,13 +1,12 @@
-"""MNIST (LeCun et al. 1998) through ``torchvision.datasets.MNIST``, held in memory.
+"""MNIST (LeCun et al. 1998), held in memory.
 
-The official 10k test set stays the test set; validation is a seeded 5k carved from the 60k
-training images.
+The four IDX files are read by ``datamodules.idx`` (plain or ``.gz``, checked against their headers);
+``torchvision.datasets.MNIST`` only downloads them. The official 10k test set stays the test set;
+validation is a seeded 5k carved from the 60k training images.
 """
 
 from __future__ import annotations
 
-import math
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -15,8 +14,9 @@ from typing import Literal
 import torch
 from torchvision.datasets import MNIST
 
-from datamodules.base import DataNotFoundError, InMemoryImageDataModule, TensorImageDataset
+from datamodules.base import DataFormatError, DataNotFoundError, InMemoryImageDataModule, TensorImageDataset
 from datamodules.batch_augment import random_translate
+from datamodules.idx import read_idx
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -24,28 +24,6 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-def check_idx_file(path: Path) -> None:
-    """Raise a ValueError naming ``path`` when its size disagrees with its own IDX header.
-
-    Catches truncated downloads before torchvision's parser fails with a reshape error.
-    Gzipped files are left to the parser.
-    """
-    if not path.is_file():
-        return
-    with path.open("rb") as handle:
-        header = handle.read(4)
-        if len(header) < 4 or header[:2] != b"\x00\x00" or header[2] != 0x08:
-            raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number {header.hex()})")
-        dims = struct.unpack(f">{header[3]}I", handle.read(4 * header[3]))
-    expected = 4 + 4 * len(dims) + math.prod(dims)
-    actual = path.stat().st_size
-    if actual != expected:
-        raise ValueError(
-            f"{path} is truncated or corrupt: its header promises {expected:,} bytes "
-            f"(shape {tuple(dims)}) but the file has {actual:,}. Delete it and download again."
-        )
 
 
 class MNISTDataModule(InMemoryImageDataModule):
@@ -96,9 +74,13 @@ class MNISTDataModule(InMemoryImageDataModule):
         self.augment = augment
         self.max_shift = max_shift
 
-    def _missing_files(self) -> list[str]:
+    def _file(self, name: str) -> Path | None:
+        """``MNIST/raw/<name>``, else its ``.gz`` (read compressed), else None."""
         raw = self.data_dir / "MNIST" / "raw"
-        return [name for name in MNIST_FILES if not (raw / name).is_file() and not (raw / f"{name}.gz").is_file()]
+        return next((path for path in (raw / name, raw / f"{name}.gz") if path.is_file()), None)
+
+    def _missing_files(self) -> list[str]:
+        return [name for name in MNIST_FILES if self._file(name) is None]
 
     def _not_found(self, cause: str) -> DataNotFoundError:
         raw = self.data_dir / "MNIST" / "raw"
@@ -125,17 +107,26 @@ class MNISTDataModule(InMemoryImageDataModule):
         if missing:
             raise self._not_found(f"missing {', '.join(missing)}")
         prefix = "train" if train else "t10k"
-        for kind in ("images", "labels"):
-            check_idx_file(self.data_dir / "MNIST" / "raw" / f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte")
-        try:
-            dataset = MNIST(self.data_dir, train=train, download=False)
-        except Exception as error:  # whatever the parser trips on, name the folder
-            raise ValueError(f"MNIST files under {self.data_dir / 'MNIST' / 'raw'} are unreadable: {error}") from error
-        images = dataset.data.unsqueeze(1).contiguous()  # (N, 1, 28, 28) uint8
-        labels = dataset.targets
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"MNIST labels outside 0..9 in {self.data_dir}: found {int(labels.max())}")
-        return TensorImageDataset(images, labels)
+        images_path = self._file(f"{prefix}-images-idx3-ubyte")
+        labels_path = self._file(f"{prefix}-labels-idx1-ubyte")
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.ndim != 3 or images.shape[1:] != self.image_size:
+            raise DataFormatError(
+                f"{images_path} holds an array of shape {images.shape}; MNIST images are (N, 28, 28)"
+            )
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataFormatError(
+                f"{labels_path} holds {labels.shape} labels for the {len(images)} images of {images_path}; "
+                "the two files of a split must hold one label per image"
+            )
+        if not len(images):
+            raise DataFormatError(f"{images_path} holds no images")
+        if labels.max() >= self.num_classes:
+            raise DataFormatError(f"MNIST labels outside 0..9 in {labels_path}: found {int(labels.max())}")
+        # Copies: the arrays are read-only views of the file's bytes.
+        return TensorImageDataset(
+            torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype("int64"))
+        )
 
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         if self.augment == "shift":

@@ -23,7 +23,7 @@ from datamodules.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
 def synthetic_images(count: int, labels: np.ndarray, size: tuple[int, int], seed: int) -> np.ndarray:
     """uint8 ``(count, H, W, 3)``: noise around a per-class colour."""
     rng = np.random.default_rng(seed)
-    palette = np.random.default_rng(1234).integers(40, 216, size=(int(labels.max()) + 1, 3))
+    palette = np.random.default_rng(1234).integers(40, 216, size=(int(labels.max(initial=0)) + 1, 3))
     noise = rng.integers(-40, 41, size=(count, *size, 3))
     return np.clip(palette[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
 
