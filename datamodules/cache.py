@@ -85,7 +85,10 @@ class DiskCache:
         try:
             if not path.is_file():  # also False when the cache folder is a file: save() says so
                 return None
-            return torch.load(path, map_location="cpu", weights_only=True)
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(entry, dict):
+                raise TypeError(f"holds a {type(entry).__name__}, not an entry's dict")
+            return entry
         except Exception as error:  # truncated by a full disk, written by an incompatible version...
             warnings.warn(f"ignoring unreadable cache entry {path} ({error}); rebuilding it", stacklevel=2)
             return None

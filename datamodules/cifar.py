@@ -272,6 +272,9 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         if source == "pickle":
             root = self.data_dir / self.pickle_folder
             files = self._pickle_files(train)
+            for path in files:
+                if path.exists() and not path.is_file():
+                    raise DataFormatError(f"{self.display_name}: {path} is not a file (a folder?); expected a batch")
             missing = [path.name for path in files if not path.is_file()]
             if missing:
                 raise self._not_found(f"missing {', '.join(missing)} in {root}")

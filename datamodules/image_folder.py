@@ -10,6 +10,7 @@ favour of TorchCodec; their DeprecationWarning is silenced here until the projec
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -40,10 +41,24 @@ class CorruptImageError(DataFormatError):
 
 
 def class_folders(root: Path) -> list[str]:
-    """Names of the sub-folders of ``root`` (hidden ones ignored), sorted."""
-    return sorted(
-        entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".")
-    )
+    """Names of the sub-folders of ``root`` (hidden ones ignored), sorted.
+
+    Anything else in a split folder (an image outside any class, a dangling link) would be left out
+    unseen, so it is an error naming it.
+    """
+    names = []
+    for entry in os.scandir(root):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            dangling = entry.is_symlink() and not os.path.exists(entry.path)
+            kind = "a dangling symbolic link" if dangling else "not a folder"
+            raise DataFormatError(
+                f"{entry.path} is {kind}; a split folder holds only class folders ({root}/<class>/<image>). "
+                "Move or remove it."
+            )
+        names.append(entry.name)
+    return sorted(names)
 
 
 def order_classes(found: Sequence[str], canonical: Sequence[str] | None, where: Path) -> list[str]:
@@ -173,11 +188,14 @@ _GRAY_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _TO_RGB = ("RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 
 
+def _mode_name(mode: str) -> str:
+    return f"{MODE_NAMES.get(mode, 'unknown mode')} ({mode})"
+
+
 def image_mode(path: str | Path) -> str:
     """The file's PIL mode with its name, e.g. ``palette (P)``; reads the header only."""
     with Image.open(path) as image:
-        mode = image.mode
-    return f"{MODE_NAMES.get(mode, 'unknown mode')} ({mode})"
+        return _mode_name(image.mode)
 
 
 def mode_channels(path: str | Path, decoded: torch.Tensor) -> tuple[int, str]:
@@ -189,11 +207,11 @@ def mode_channels(path: str | Path, decoded: torch.Tensor) -> tuple[int, str]:
         return decoded.shape[0], "grayscale" if decoded.shape[0] == 1 else "RGB"
 
 
-def _pil_decode(path: Path, rgb: bool) -> torch.Tensor:
+def _pil_decode(path: Path, data: bytes, rgb: bool) -> torch.Tensor:
     """8-bit colour channels whatever the mode: 16-bit grey is scaled (``>> 8``); palette, CMYK and
     other colour spaces become RGB (PIL's conversion); alpha is dropped (the stored colour is kept,
     as ``convert("RGB")`` and torchvision's RGB mode do)."""
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(data)) as image:
         mode = image.mode
         # PNG has no 32-bit grey: mode I there (older Pillow) is a 16-bit file
         if mode in _GRAY_16BIT or (mode == "I" and image.format == "PNG"):
@@ -204,7 +222,7 @@ def _pil_decode(path: Path, rgb: bool) -> torch.Tensor:
             array = np.asarray(image.convert("RGB"))
         else:  # F and 32-bit I (no fixed range to scale from) and rarer modes
             raise DataFormatError(
-                f"{path} is a {image_mode(path)} image; refused: it has no defined 8-bit form. "
+                f"{path} is a {_mode_name(mode)} image; refused: it has no defined 8-bit form. "
                 "Convert it to 8-bit grayscale or RGB first."
             )
     tensor = torch.from_numpy(array.copy())
@@ -252,7 +270,7 @@ def read_image(path: str | Path, rgb: bool = False) -> torch.Tensor:
     else:
         first_error = None
     try:
-        return _pil_decode(Path(path), rgb)
+        return _pil_decode(Path(path), data, rgb)
     except DataFormatError:
         raise
     except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...

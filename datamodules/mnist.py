@@ -77,7 +77,12 @@ class MNISTDataModule(InMemoryImageDataModule):
     def _file(self, name: str) -> Path | None:
         """``MNIST/raw/<name>``, else its ``.gz`` (read compressed), else None."""
         raw = self.data_dir / "MNIST" / "raw"
-        return next((path for path in (raw / name, raw / f"{name}.gz") if path.is_file()), None)
+        for path in (raw / name, raw / f"{name}.gz"):
+            if path.is_file():
+                return path
+            if path.exists():
+                raise DataFormatError(f"{path} is not a file (a folder?); expected an IDX file")
+        return None
 
     def _missing_files(self) -> list[str]:
         return [name for name in MNIST_FILES if self._file(name) is None]

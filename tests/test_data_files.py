@@ -159,6 +159,15 @@ def test_malformed_batches_are_named(tmp_path: Path, entry, expect: str) -> None
         _cifar_dm(root, tmp_path).prepare_data()
 
 
+def test_a_folder_where_a_batch_should_be_is_named(tmp_path: Path) -> None:
+    root = write_cifar10_pickles(tmp_path / "data", per_batch=4, num_test=4)
+    batch = root / "cifar-10-batches-py" / "test_batch"
+    batch.unlink()
+    batch.mkdir()
+    with pytest.raises(DataFormatError, match=rf"CIFAR-10: {batch} is not a file \(a folder\?\); expected a batch"):
+        _cifar_dm(root, tmp_path).prepare_data()
+
+
 def test_batches_without_images_are_an_error(tmp_path: Path) -> None:
     root = write_cifar10_pickles(tmp_path / "data", per_batch=0, num_test=4)
     with pytest.raises(DataFormatError, match=r"data_batch_1, .*data_batch_5 hold no images"):
@@ -289,6 +298,17 @@ def test_a_dangling_symlink_is_a_named_error(tree: Path, tmp_path: Path) -> None
 def test_an_entry_that_is_not_an_image_is_a_named_error(tree: Path, tmp_path: Path, make, expect: str) -> None:
     make(tree / "train" / "cat")
     with pytest.raises(DataFormatError, match=expect):
+        _cifar_dm(tree, tmp_path).prepare_data()
+
+
+def test_anything_but_class_folders_in_a_split_folder_is_a_named_error(tree: Path, tmp_path: Path) -> None:
+    stray = tree / "test" / "0000.png"
+    shutil.copy(tree / "test" / "cat" / "0000.png", stray)
+    with pytest.raises(DataFormatError, match=rf"{stray} is not a folder; a split folder holds only class folders"):
+        _cifar_dm(tree, tmp_path).prepare_data()
+    stray.unlink()
+    (tree / "train" / "zebra").symlink_to(tmp_path / "gone")
+    with pytest.raises(DataFormatError, match=r"train/zebra is a dangling symbolic link; a split folder holds only"):
         _cifar_dm(tree, tmp_path).prepare_data()
 
 
@@ -424,6 +444,12 @@ def test_a_folder_where_an_idx_file_should_be_is_named(tmp_path: Path) -> None:
     (tmp_path / "train-images-idx3-ubyte").mkdir()
     with pytest.raises(DataFormatError, match=r"train-images-idx3-ubyte is unreadable \(Is a directory\)"):
         read_idx(tmp_path / "train-images-idx3-ubyte")
+    root = write_synthetic_mnist(tmp_path / "data", 300, 50)
+    labels = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.unlink()
+    labels.mkdir()
+    with pytest.raises(DataFormatError, match=rf"{labels} is not a file \(a folder\?\); expected an IDX file"):
+        MNISTDataModule(root, download=True, val_size=10).setup()
 
 
 # ----- the decode cache ---------------------------------------------------------------------------
@@ -455,6 +481,14 @@ def test_a_failed_cache_write_leaves_nothing_and_the_run_goes_on(tmp_path: Path,
     assert capsys.readouterr().err == (
         f"cache not written: {cache.path('set-train', 'key')}: {reason}; training continues without it\n"
     )
+
+
+def test_a_cache_entry_that_is_not_a_dict_is_a_miss(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path / "cache")
+    cache.path("set-train", "key").parent.mkdir()
+    torch.save(torch.zeros(3), cache.path("set-train", "key"))
+    with pytest.warns(UserWarning, match=r"ignoring unreadable cache entry .*\(holds a Tensor, not an entry's dict\)"):
+        assert cache.get_or_build("set-train", "key", lambda: {"a": torch.ones(1)})["a"].item() == 1
 
 
 def test_a_cache_entry_holding_objects_is_a_miss_and_never_runs(tmp_path: Path, monkeypatch) -> None:
