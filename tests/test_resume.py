@@ -219,7 +219,9 @@ def sigterm_resumed(sigterm_run: dict, data_dir: Path) -> Path:
     """The SIGTERM run resumed with `--ckpt_path last` to the end."""
     workdir = sigterm_run["workdir"]
     assert sigterm_run["stopped_at"] is not None, sigterm_run["stderr"][-3000:]
-    code, stderr = finish(start(workdir, tiny_config(data_dir), "--ckpt_path", "last"))
+    # The same config as the interrupted run (its slowed-down BatchRecorder too): a resume that changes
+    # a callback that may change training is refused (tests/test_run_guards.py).
+    code, stderr = finish(start(workdir, tiny_config(data_dir, seconds=0.4), "--ckpt_path", "last"))
     assert code == 0, stderr[-3000:]
     return workdir
 
