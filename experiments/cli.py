@@ -224,6 +224,8 @@ def _classify(error: BaseException) -> int:
     wherever they surface (a corrupt image can be met mid-epoch). Anything else counts as a training
     failure once an optimiser step has been taken, and as a setup error before.
     """
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
     from datamodules.base import DataFormatError, DataNotFoundError
     from experiments.study import StudyError
     from lightning_modules.classifier import NonFiniteLossError
@@ -231,7 +233,8 @@ def _classify(error: BaseException) -> int:
 
     if isinstance(error, NonFiniteLossError):
         return EXIT_TRAINING_FAILED
-    if isinstance(error, (DataNotFoundError, DataFormatError, ConfigError, CheckpointError, StudyError)):
+    if isinstance(error, (DataNotFoundError, DataFormatError, ConfigError, CheckpointError, StudyError,
+                          MisconfigurationException)):
         return EXIT_SETUP_ERROR
     trainer = _RUN["trainer"]() if "trainer" in _RUN else None
     return EXIT_TRAINING_FAILED if trainer is not None and trainer.global_step > 0 else EXIT_SETUP_ERROR
@@ -244,13 +247,50 @@ def _run_tool(name: str, argv: list[str]) -> int:
     return int(getattr(importlib.import_module(module_name), function)(argv) or 0)
 
 
-# Errors that are the user's to fix: print their message alone, no traceback.
+# Errors that are the user's to fix: print their message alone, no traceback. Any other type is a
+# bug, whose report needs the traceback; its last line is still the one-line `ablate: error:`.
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from datamodules.base import DataNotFoundError
-    from experiments.study import StudyError
+    from lightning_fabric.utilities.exceptions import MisconfigurationException  # Lightning's "bad setting"
+
     from lightning_modules.classifier import NonFiniteLossError
 
-    return (DataNotFoundError, NonFiniteLossError, StudyError, FileNotFoundError, ValueError, KeyError, TypeError)
+    # ValueError covers ConfigError, CheckpointError, StudyError, DataFormatError; OSError covers
+    # FileNotFoundError, DataNotFoundError, a path that cannot be written, a full disk.
+    return (ValueError, KeyError, TypeError, OSError, NonFiniteLossError, MisconfigurationException)
+
+
+def _is_user_error(error: BaseException) -> bool:
+    if isinstance(error, _user_error_types()):
+        return True
+    # A package a chosen setting needs and this environment lacks (`--trainer.accelerator tpu` wants
+    # torch_xla; Lightning raises it without a module name): the user's to install. A module of this
+    # repository that fails to import is a bug.
+    missing = getattr(error, "name", None) or ""
+    return isinstance(error, ImportError) and missing.split(".")[0] not in _OWN_PACKAGES
+
+
+_OWN_PACKAGES = ("architectures", "datamodules", "experiments", "lightning_modules", "tests")
+
+
+def _one_line(error: BaseException, peer_failed: bool) -> str:
+    """``<Type>: <message>`` on one line, naming what to fix."""
+    from experiments.error_lines import os_error_message
+    from lightning_modules.reliability import condense_parser_error
+
+    if isinstance(error, KeyError) and error.args:
+        message = str(error.args[0])
+    elif isinstance(error, OSError):
+        message = os_error_message(error)
+    else:
+        message = str(error)
+    if "\n" in message.strip():  # jsonargparse's and Lightning's multi-line messages
+        message = condense_parser_error(message)
+    message = message.strip() or "(no message; run with ABLATE_DEBUG=1 for the traceback)"
+    if peer_failed:  # this rank only lost its peer: say so, not gloo's file and line
+        rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "?"
+        message = (f"rank {rank} lost another process of this DDP run, which ended first ({message[:160]}); "
+                   "its own error, if it printed one, is above")
+    return f"{type(error).__name__}: {message}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("WANDB_SERVICE", None)
     try:
         if argv and argv[0] in TOOLS:
-            return _run_tool(argv[0], argv[1:])
+            from experiments.error_lines import one_line_usage_errors
+
+            with one_line_usage_errors():
+                return _run_tool(argv[0], argv[1:])
         # LightningCLI reads sys.argv itself when args is None (and warns when given both).
         run_lightning_cli(None if argv == sys.argv[1:] else argv)
         return 0
@@ -280,14 +323,20 @@ def main(argv: list[str] | None = None) -> int:
             print("ablate: interrupted by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
         return int(stop.code or 143)
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into an exit status
-        if os.environ.get("ABLATE_DEBUG") or not isinstance(error, _user_error_types()):
-            traceback.print_exc()
-        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        if "\n" in message.strip():  # Reliability (issue #8): the last line names the problem, alone
-            from lightning_modules.reliability import condense_parser_error
+        from experiments import error_lines
 
-            message = condense_parser_error(message)
-        print(f"ablate: error: {type(error).__name__}: {message}", file=sys.stderr)
+        # The last line printed is this error's, in one line (README, "Reliability"): under DDP the
+        # other ranks of this machine are stopped first, or, when one of them failed first and said
+        # so, this rank prints nothing over its line.
+        peer_failed = error_lines.is_peer_failure(error)
+        children = error_lines.other_ranks(_RUN["trainer"]() if "trainer" in _RUN else None)
+        if children:
+            reported = error_lines.end_other_ranks(children, peer_failed)
+            if reported is not None:
+                return reported
+        if os.environ.get("ABLATE_DEBUG") or not (peer_failed or _is_user_error(error)):
+            traceback.print_exc()
+        print(f"ablate: error: {_one_line(error, peer_failed)}", file=sys.stderr)
         return _classify(error)
     finally:
         _RUN.clear()

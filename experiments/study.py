@@ -100,7 +100,7 @@ def load_study(name_or_path: str | Path) -> Study:
     meta_path = root / "study.yaml"
     if not meta_path.is_file():
         raise StudyError(f"unknown study {str(name_or_path)!r}; known studies: {', '.join(list_studies())}")
-    meta = yaml.safe_load(meta_path.read_text())
+    meta = _read_meta(meta_path)
     arms = {}
     for arm_name, arm_meta in meta["arms"].items():
         config = root / "arms" / f"{arm_name}.yaml"
@@ -130,6 +130,33 @@ def load_study(name_or_path: str | Path) -> Study:
         varies=tuple(meta.get("varies") or ()),
         reference=_reference(meta, arms),
     )
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """``study.yaml`` as a mapping with ``name`` and ``arms``; any other content is a ``StudyError``
+    naming the file (and, for a syntax error, the line)."""
+    from lightning_modules.config_files import ConfigFileError, check_yaml_text, describe_yaml_error
+
+    try:
+        text = path.read_text()
+        check_yaml_text(text)
+        meta = yaml.safe_load(text)
+    except ConfigFileError as refused:
+        raise StudyError(f"{path} refused: {refused}") from None
+    except yaml.YAMLError as error:
+        raise StudyError(f"{path} is not valid YAML{describe_yaml_error(error)}; fix the file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise StudyError(f"cannot read {path}: {error}") from None
+    if not isinstance(meta, dict):
+        raise StudyError(f"{path} holds {f'a {type(meta).__name__}' if meta is not None else 'nothing'}, not a mapping "
+                         "with `name:`, `arms:` and `tiers:` (see experiments/studies/*/study.yaml)")
+    for key, kind in (("name", str), ("arms", dict)):
+        if not isinstance(meta.get(key), kind) or not meta[key]:
+            raise StudyError(f"{path} needs `{key}:` ({'the study name' if key == 'name' else 'a mapping of arm names'}"
+                             f"{'' if key not in meta else f', got {meta[key]!r}'})")
+    if not isinstance(meta.get("tiers", {}), dict):
+        raise StudyError(f"{path}: `tiers:` must map full, short and smoke to their settings, got {meta['tiers']!r}")
+    return meta
 
 
 def _reference(meta: dict[str, Any], arms: dict[str, Arm]) -> str:

@@ -14,6 +14,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 
 import torch
@@ -114,11 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-macs", action="store_true", help="skip counting multiply-adds (faster)")
     parser.add_argument("--plot", default=None, metavar="PNG", help="also write a params-vs-operations chart")
     args = parser.parse_args(argv)
+    if args.plot:  # before counting every network's operations (a minute), not after
+        from lightning_modules.output_folders import why_unwritable
+
+        reason = why_unwritable(os.path.dirname(os.path.abspath(args.plot)))
+        if reason:
+            raise ValueError(f"cannot write --plot {args.plot}: {reason}; choose another path")
     rows = zoo_rows(args.pattern, args.family, with_macs=not args.no_macs)
-    if not rows:
-        print(f"no registered network matches {args.pattern!r} (of {len(architectures.list_models())})",
-              file=sys.stderr)
-        return 1
+    if not rows:  # an error in ablate's one-line form, like every other (README, "Reliability")
+        family = f" in --family {args.family!r}" if args.family else ""
+        raise KeyError(f"no registered network matches --pattern {args.pattern!r}{family} "
+                       f"(of {len(architectures.list_models())}); `ablate zoo` lists them all")
     text = {"md": _markdown, "csv": _csv, "json": lambda r: json.dumps(r, indent=2)}[args.format](rows)
     print(text)
     if args.plot:

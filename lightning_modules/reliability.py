@@ -680,6 +680,40 @@ class ConfigErrorParser(LightningArgumentParser):
     tried); the sweep and the user read the last line, so it names the key and the problem.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Every YAML jsonargparse loads (also `--data=file.yaml` and command-line values) is checked
+        # for alias bombs first (lightning_modules/config_files.py).
+        from lightning_modules import config_files
+
+        config_files.install()
+        super().__init__(*args, **kwargs)
+
+    def parse_path(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        # Every --config file comes through here: an empty file or an alias bomb is refused naming
+        # the file (jsonargparse said "Unexpected config:", or ran out of memory after 40 s).
+        from lightning_modules import config_files
+
+        try:
+            config_files.check_config_file(path)
+        except ValueError as refused:
+            raise ConfigError(str(refused)) from None
+        return super().parse_path(path, *args, **kwargs)
+
+    def parse_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        # Values that parse but cannot work (a zero interval, a negative worker count) and output
+        # folders that cannot be written: refused now, in one line, not mid-run as a traceback.
+        # Sub-command parsers are called with _skip_validation; the root parser checks the whole config.
+        cfg = super().parse_args(*args, **kwargs)
+        if not kwargs.get("_skip_validation"):
+            from lightning_modules.output_folders import check_output_folders
+            from lightning_modules.value_ranges import check_value_ranges
+
+            subcommand = cfg.get("subcommand")
+            run = cfg.get(subcommand) if subcommand else cfg
+            check_value_ranges(run)
+            check_output_folders(run)
+        return cfg
+
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
         try:
             super().error(message, ex)

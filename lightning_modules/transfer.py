@@ -26,6 +26,12 @@ from torch import nn
 
 from lightning_modules.param_groups import check_prefixes, matches
 
+# What `--model.weights` takes, said in every error about it.
+_WHAT_WEIGHTS_HOLD = (
+    "--model.weights takes a file saved with torch.save(network.state_dict(), path), one of our checkpoints "
+    "(a .ckpt written by `ablate fit`), or a torchvision weights name like 'ResNet18_Weights.IMAGENET1K_V1'"
+)
+
 
 def head_name(network: nn.Module) -> str:
     """The last module owning parameters: the classifier of every zoo network (``fc``,
@@ -44,9 +50,21 @@ def read_state_dict(source: str) -> dict[str, torch.Tensor]:
             state = torch.load(source, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:  # weights_only refused a non-tensor object
             raise ValueError(f"weights file {source} holds objects other than tensors; refused ({error})") from None
-        except (RuntimeError, EOFError, OSError) as error:
-            raise ValueError(f"weights file {source} is truncated or corrupt ({error})") from None
-        state = state.get("state_dict", state)
+        except Exception as error:  # noqa: BLE001 - zip, pickle-opcode and EOF errors: none is a weights file
+            with open(source, "rb") as handle:
+                head = handle.read(4)
+            # torch.save writes a zip archive (or, before torch 1.6, a pickle starting with byte 0x80).
+            if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+                problem = "is not a PyTorch file (torch.save writes a zip archive)"
+            else:
+                cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+                problem = f"is truncated or corrupt ({cause})"
+            raise ValueError(f"weights file {source} {problem}; {_WHAT_WEIGHTS_HOLD}") from None
+        if isinstance(state, dict):
+            state = state.get("state_dict", state)
+        if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+            what = f"a {type(state).__name__}" if not isinstance(state, dict) else "a dict of other things than tensors"
+            raise ValueError(f"weights file {source} holds {what}, not a state dict; {_WHAT_WEIGHTS_HOLD}")
         if state and all(key.startswith("network.") for key in state if not key.startswith("ema_network.")):
             state = {key.removeprefix("network."): value for key, value in state.items() if key.startswith("network.")}
         return state

@@ -9,6 +9,7 @@ non-finite loss, and ``ablate sweep`` records such an arm as failed and carries 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -79,6 +80,18 @@ def test_bad_input_fails_with_one_clear_line(case: Case, outcomes: dict[str, Out
     assert outcome.last_line.startswith("ablate: error: "), outcome.stderr[-3000:]
     assert case.expect in outcome.last_line, outcome.last_line
     assert not outcome.leftovers, f"left behind: {outcome.leftovers}"
+
+
+# Cases whose traceback is expected, with why (a bug's report needs it); none at present.
+PRINTS_A_TRACEBACK: dict[str, str] = {}
+
+
+@pytest.mark.skipif(bool(os.environ.get("ABLATE_DEBUG")), reason="ABLATE_DEBUG prints every traceback")
+def test_no_bad_input_prints_a_traceback(outcomes: dict[str, Outcome]) -> None:
+    """A user's mistake is one line; a traceback is for bugs (and for ABLATE_DEBUG=1)."""
+    printed = {key: outcome.stderr[outcome.stderr.find("Traceback"):][:600] for key, outcome in outcomes.items()
+               if "Traceback" in outcome.stderr and key not in PRINTS_A_TRACEBACK}
+    assert not printed, "\n\n".join(f"{key}:\n{text}" for key, text in printed.items())
 
 
 def test_fit_stops_at_the_first_non_finite_loss(tmp_path: Path) -> None:
