@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments import bench_throughput, bench_time_to_acc
+from lightning_modules.files import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
@@ -271,5 +272,5 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
     print(json.dumps(result, indent=2) if args.format == "json" else markdown(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        write_text_atomic(args.json, json.dumps(result, indent=2))  # a record: whole or not at all
     return 0

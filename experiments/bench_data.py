@@ -72,6 +72,7 @@ from datamodules.mnist import MNIST_FILES
 from datamodules.presets import BATCH_PRESETS
 from datamodules.synthetic import write_cifar10_pickles, write_image_tree, write_mnist_idx
 from datamodules.whitening import GCNZCAWhitener
+from lightning_modules.files import write_text_atomic
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA = SHARED_DATA / "cifar10-jpeg"
@@ -416,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     print(json.dumps(results, indent=2) if args.format == "json" else markdown(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        write_text_atomic(Path(args.json), json.dumps(results, indent=2))  # a record: whole or not at all
     return results
 
 

@@ -88,6 +88,20 @@ class AblateCLI(LightningCLI):
             # Updated and redrawn twice a second, not after every batch and 100 times a second
             # (lightning_modules/progress.py: that cost ResNet-20 3.5% on 2 CPU cores).
             callbacks = [*callbacks, ThrottledRichProgressBar()]
+        # Checkpoints written beside their target, fsync'ed and renamed over it on any file system,
+        # and never of non-finite weights (lightning_modules/checkpoint_io.py), unless the user brought
+        # a CheckpointIO of their own. Given as a plugin, it becomes every strategy's checkpoint_io (DDP too).
+        from lightning_fabric.plugins import CheckpointIO
+
+        from lightning_modules.checkpoint_io import AtomicCheckpointIO
+
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins) and getattr(
+            config.get("strategy"), "_checkpoint_io", None
+        ) is None:
+            refuse = getattr(self.model, "check_finite", True)  # check_finite=False trains through NaN
+            config["plugins"] = [*plugins, AtomicCheckpointIO(refuse_non_finite=refuse)]
         trainer = super()._instantiate_trainer(config, callbacks)
         _align_logger_versions(trainer.loggers)
         # For the exit status (had training begun when an error came?); weak, so a finished run's

@@ -64,10 +64,13 @@ def _bookkeeping_callbacks() -> tuple[type, ...]:
         Timer,
     )
 
+    from lightning_modules.divergence import StopOnDivergence
     from lightning_modules.reliability import CheckpointOnSignal, ExactResume
 
+    # StopOnDivergence changes only runs whose validation or weights went non-finite: it fails them, as
+    # the model's check_finite fails a non-finite training loss; every other run trains the same.
     return (BasePredictionWriter, DeviceStatsMonitor, LearningRateMonitor, ModelCheckpoint, ModelSummary,
-            ProgressBar, Timer, CheckpointOnSignal, ExactResume)
+            ProgressBar, Timer, CheckpointOnSignal, ExactResume, StopOnDivergence)
 
 
 def _changes_training(class_path: str) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from experiments.study import TIERS, Study, StudyError, load_study
 from experiments.sweep import DEFAULT_OUT, CorruptResult, read_result
-from lightning_modules.files import write_json_atomic, write_text_atomic
+from lightning_modules.files import open_atomic, write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -295,9 +295,8 @@ def plot(study: Study, tier: str, rows: list[dict], path: Path) -> None:
         ax.set_ylim(0, min(100, max(finite) * 1.15 + 1))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=130, format="png")  # then rename: a reader never sees half a chart
-    tmp.replace(path)
+    with open_atomic(path, "wb") as handle:  # a reader never sees half a chart
+        fig.savefig(handle, dpi=130, format="png")
     plt.close(fig)
 
 

@@ -55,7 +55,14 @@ TRAIN_METRIC_BATCHES = 16
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the step and likely causes."""
+    """The training loss became NaN or infinite; the message names the step, likely causes and the
+    last good checkpoint."""
+
+
+def _last_good(trainer: pl.Trainer | None) -> str:
+    from lightning_modules.divergence import last_good_checkpoint  # it imports this module
+
+    return last_good_checkpoint(trainer)
 
 
 def _accuracy_metrics(num_classes: int) -> MetricCollection:
@@ -358,7 +365,7 @@ class ImageClassifier(pl.LightningModule):
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
                 f"(epoch {self.current_epoch}, batch {batch_idx}). Likely causes: a learning rate too "
                 "high for this network or batch size, missing normalisation layers, fp16 overflow, or "
-                "corrupt input data."
+                f"corrupt input data. Nothing of this step was saved; {_last_good(self._trainer)}."
             )
         return loss
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from lightning_modules.files import open_atomic
+
 # Above this many classes the figure drops its tick labels and cell counts (ImageNet's 1000
 # would be unreadable ink); the CSV files always hold everything.
 LABELLED_CLASSES = 30
@@ -63,13 +65,13 @@ def write_csvs(confusion: torch.Tensor, names: Sequence[str], folder: Path) -> l
     folder.mkdir(parents=True, exist_ok=True)
     counts = confusion.cpu().long()
     matrix_path, accuracy_path = folder / "confusion_matrix.csv", folder / "per_class_accuracy.csv"
-    with matrix_path.open("w", newline="") as file:
+    with open_atomic(matrix_path, "w", newline="") as file:  # whole or not at all
         writer = csv.writer(file)
         writer.writerow(["true \\ predicted", *names])
         for name, row in zip(names, counts.tolist(), strict=True):
             writer.writerow([name, *row])
     accuracy = per_class_accuracy(counts)
-    with accuracy_path.open("w", newline="") as file:
+    with open_atomic(accuracy_path, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["class_index", "class", "correct", "total", "accuracy"])
         for index, name in enumerate(names):
@@ -93,4 +95,5 @@ def log_confusion_matrix(loggers: Sequence[object], confusion: torch.Tensor, nam
         elif isinstance(logger, CSVLogger):
             folder = Path(logger.log_dir)
             write_csvs(confusion, names, folder)
-            figure.savefig(folder / "confusion_matrix.png")
+            with open_atomic(folder / "confusion_matrix.png", "wb") as handle:
+                figure.savefig(handle, format="png")

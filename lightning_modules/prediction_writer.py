@@ -22,6 +22,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_modules.evaluation import class_names
+from lightning_modules.files import AtomicFile
 
 
 def _source_index(dataset: object, index: int) -> int:
@@ -66,8 +67,10 @@ class CSVPredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.written = self._resolve_path(trainer)
         self.written.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.written.open("w", newline="")
-        self._writer = csv.writer(self._file)
+        # Written beside the target and renamed over it at the end: an interrupted or failed prediction
+        # leaves the previous predictions.csv (or none), never a partial one that looks complete.
+        self._file = AtomicFile(self.written, "w", newline="")
+        self._writer = csv.writer(self._file.handle)
         self._writer.writerow(["index", "file", "class_index", "class", "probability"])
         self._names = class_names(trainer.datamodule, pl_module.num_classes)
         loaders = trainer.predict_dataloaders
@@ -100,11 +103,11 @@ class CSVPredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            file.commit()
             rank_zero_info(f"predictions written to {self.written}")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._file is not None:
-            self._file.close()
+            self._file.discard()
             self._file = None

@@ -674,11 +674,24 @@ def condense_parser_error(message: str) -> str:
 
 
 class ConfigErrorParser(LightningArgumentParser):
-    """Lightning's parser whose errors end with ``ablate: error: ConfigError: <one line>`` (exit 2).
+    """Lightning's parser whose errors end with ``ablate: error: ConfigError: <one line>`` (exit 2),
+    and whose saved configs (the run's ``config.yaml``) are written whole or not at all.
 
     jsonargparse prints the usage and a message that can span a dozen lines (every subtype it
     tried); the sweep and the user read the last line, so it names the key and the problem.
     """
+
+    def save(self, cfg: Any, path: Any, *args: Any, multifile: bool = True, overwrite: bool = False,
+             **kwargs: Any) -> None:
+        # jsonargparse opens config.yaml with "w" and writes: a kill or a full disk leaves it empty or cut.
+        if multifile or "://" in str(path) or (not overwrite and Path(path).is_file()):
+            # several files, a remote path, or jsonargparse's own refusal to overwrite: its way
+            super().save(cfg, path, *args, multifile=multifile, overwrite=overwrite, **kwargs)
+            return
+        from lightning_modules.files import atomic_path
+
+        with atomic_path(path) as temporary:
+            super().save(cfg, temporary, *args, multifile=False, overwrite=True, **kwargs)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Every YAML jsonargparse loads (also `--data=file.yaml` and command-line values) is checked

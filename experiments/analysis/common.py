@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from experiments.cli import FINAL_CHECKPOINT
+from lightning_modules.files import open_atomic, write_text_atomic
 
 # Top-level keys of a saved config that the model/data parser knows; `ablate fit` also saves
 # subcommand arguments (ckpt_path, weights_only) that only its own subcommand accepts.
@@ -357,7 +358,7 @@ def output_dir(out: str | Path) -> Path:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(plain(data), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(plain(data), indent=2) + "\n")  # whole or not at all
     return path
 
 
@@ -365,7 +366,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     fields: list[str] = []
     for row in rows:
         fields += [key for key in row if key not in fields]
-    with path.open("w", newline="") as handle:
+    with open_atomic(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields or ["empty"])
         writer.writeheader()
         writer.writerows([{key: plain(value) for key, value in row.items()} for row in rows])
