@@ -25,6 +25,9 @@ from tests.bad_inputs import CASES, MARKER, Case, write_inputs
 from tests.conftest import REPO, run_ablate, write_synthetic_mnist
 
 PARALLEL = 3
+# The first case's setup runs the whole corpus (about 100 `ablate` processes): past the suite's
+# 900 s per test on two busy cores.
+pytestmark = pytest.mark.timeout(3600)
 
 
 @dataclass(frozen=True)
