@@ -21,7 +21,9 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from lightning_modules.classifier import NonFiniteLossError
 
-ADVICE = "resume from it with a lower learning rate"
+# Not "resume": a resume restores the old optimiser state, and one with a changed learning rate is
+# refused (run_guards.check_resumed_config); a new run starting from the weights can lower it.
+ADVICE = "start a new run from its weights with --model.weights <that file> and a lower learning rate"
 
 
 class DivergenceError(NonFiniteLossError):

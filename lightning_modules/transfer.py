@@ -103,6 +103,11 @@ def load_weights(network: nn.Module, source: str, skip_mismatched_head: bool = T
             or keys are missing or unexpected.
     """
     state = read_state_dict(source)
+    from lightning_modules.divergence import non_finite_tensors
+
+    if bad := non_finite_tensors(state):
+        raise ValueError(f"{source} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): it is not a trained "
+                         "model; give --model.weights a checkpoint saved before the run diverged")
     own = network.state_dict()
     mismatched = [key for key, value in state.items() if key in own and own[key].shape != value.shape]
     head = head_name(network)

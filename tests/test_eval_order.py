@@ -123,7 +123,12 @@ def test_dataset_rejects_a_source_index_of_another_length() -> None:
 
 def test_limited_test_covers_every_class(class_ordered_tree: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """Two test batches of 8 from a class-ordered tree: all 10 classes, and the log says so."""
+    from architectures import create_model
     from experiments.cli import main
+
+    # `ablate test` refuses random weights; which weights does not matter to coverage.
+    weights = tmp_path / "lenet5.pt"
+    torch.save(create_model("lenet5", num_classes=10, in_chans=3).state_dict(), weights)
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["ablate"])  # pytest's own arguments are not the run's
@@ -131,6 +136,7 @@ def test_limited_test_covers_every_class(class_ordered_tree: Path, tmp_path: Pat
         "test", "--config", FAST_CIFAR10, *QUICK, "--model.network.init_args.name=lenet5",
         f"--data.data_dir={class_ordered_tree}", "--data.init_args.val_size=20", "--data.init_args.batch_size=8",
         f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--trainer.limit_test_batches=2",
+        f"--model.weights={weights}",
     ])  # fmt: skip
     assert code == 0
     run = sorted((tmp_path / "runs" / "fast_cifar10").glob("version_*"))[-1]

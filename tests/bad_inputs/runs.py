@@ -23,6 +23,8 @@ CASES: list[Case] = [
     Case("validate-without-weights", "validate --config {config}", "ConfigError: validate needs trained weights"),
     Case("checkpoint-non-finite", f"{TEST} --ckpt_path={{ckpt_nan}}",
          "holds non-finite weights (44 of 44 tensors have NaN or inf values); it is not a trained model"),
+    Case("weights-non-finite", f"{FIT} --model.weights={{ckpt_nan}}",
+         "holds non-finite weights (44 tensors, e.g. features.0.weight): it is not a trained model"),
     Case("resume-last-with-checkpointing-replaced", f"{FIT} --config {{own_callbacks}} --ckpt_path=last",
          "ConfigError: --ckpt_path last resumes from the run's last.ckpt, but trainer.callbacks configures nothing"),
     Case("resume-with-a-changed-setting", f"{FIT} --ckpt_path={{run}}/checkpoints/last.ckpt"
