@@ -159,7 +159,8 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
         AtomicCheckpointIO().save_checkpoint(diverged, folder / "last.ckpt")
     assert str(raised.value) == (
         f"refusing to save {folder / 'last.ckpt'}: weight w holds NaN or infinity (the run diverged); the last good "
-        f"checkpoint is {folder / 'last.ckpt'} (epoch 3, step 1200); start a new run from its weights with --model.weights <that file> and a lower learning rate"
+        f"checkpoint is {folder / 'last.ckpt'} (epoch 3, step 1200); start a new run from its weights "
+        "with --model.weights <that file> and a lower learning rate"
     )
     assert (folder / "last.ckpt").read_bytes() == before
     AtomicCheckpointIO(refuse_non_finite=False).save_checkpoint(diverged, folder / "nan.ckpt")  # check_finite=False
