@@ -299,11 +299,11 @@ def test_a_diverged_run_keeps_its_last_good_checkpoint_and_names_it(when: str, t
                   f"--trainer.callbacks+={__name__}.PoisonInSecondEpoch", f"--trainer.callbacks.when={when}")
     last = _last_error(capsys)
     assert status == cli.EXIT_TRAINING_FAILED, last
-    good = f"the last good checkpoint is {CHECKPOINTS / 'last.ckpt'} (epoch 0, step 2); resume from it with a lower"
+    good = f"the last good checkpoint is {CHECKPOINTS / 'last.ckpt'} (epoch 0, step 2); start a new run from its"
     if when == "validation":
         assert re.match(r"ablate: error: DivergenceError: val/loss is (nan|inf) at epoch 1 \(global step 4\): "
                         "the run diverged and these weights were not saved; ", last), last
-        assert last.endswith(good + " learning rate"), last
+        assert last.endswith(good + " weights with --model.weights <that file> and a lower learning rate"), last
     else:
         assert last.startswith("ablate: error: NonFiniteLossError: non-finite training loss (nan) at global "
                                "step 2"), last
