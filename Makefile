@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= $(or $(ABLATE_DATA_DIR),$(if $(wildcard ../shared/data/MNIST),../shared/data,./data))
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint zoo clean
+.PHONY: install demo test test-slow test-end-to-end lint zoo clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# CI's second tier, after `make test`: the slow tests that only several processes show (under DDP
+# the failing rank's error line is the last one). The rest of `make test-slow` (every study arm's
+# smoke sweep, torch.compile, the real-CIFAR whitening fit) is for a longer budget.
+test-end-to-end: install
+	$(BIN)/python -m pytest -m slow tests/test_error_lines.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
