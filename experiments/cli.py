@@ -11,6 +11,7 @@ states them twice. Defaults (loggers, checkpointing, progress bar) live in
 
 from __future__ import annotations
 
+import argparse
 import contextvars
 import os
 import sys
@@ -19,6 +20,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Literal
 
+from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lightning_modules.files import write_json_atomic
@@ -48,6 +50,26 @@ TOOLS: dict[str, str] = {
     "shapes": "experiments.analysis.shapes:main",
     "visualize": "experiments.analysis.visualize:main",
 }
+
+# What `ablate --help` says of each tool, after Lightning's four subcommands (one line each; the
+# modules are not imported for it: `--help` stays fast).
+TOOL_SUMMARIES: dict[str, str] = {
+    "zoo": "the registered networks: parameters and multiply-adds, against the papers' counts",
+    "sweep": "run every arm x seed of a study (experiments/studies/<name>), each in its own folder",
+    "report": "a study's numbers next to the paper's, as Markdown, CSV and PNG (and W&B)",
+    "slurm": "an sbatch script for one config, or a job array for a whole study",
+    "bench": "what the template costs against plain PyTorch, measured side by side",
+    "landscape": "the loss surface around a run's trained weights (Li et al. 2018)",
+    "lesion": "delete residual units of a trained run at test time (Veit et al. 2016)",
+    "shapes": "per layer: output shape, receptive field, parameters and multiply-adds",
+    "visualize": "first-layer filters and class activation maps of a trained run",
+}
+
+
+def _tools_epilog() -> str:
+    width = max(len(name) for name in TOOL_SUMMARIES)
+    lines = [f"  {name:<{width}}  {summary}" for name, summary in TOOL_SUMMARIES.items()]
+    return "experiment tools (`ablate <tool> --help` for each):\n" + "\n".join(lines)
 
 
 # The trainer of the run in progress in this process (see ``_classify``).
@@ -204,6 +226,19 @@ def _align_logger_versions(loggers: list) -> None:
             logger._version = version
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the epilog's lines kept as written (the tools' table)."""
+
+
+# `ablate --help`: the description and the tools after Lightning's subcommands.
+_MAIN_PARSER = {
+    "description": "Train, evaluate and compare CNN ablations: Lightning's fit/validate/test/predict,\n"
+    "and the experiment tools listed below.",
+    "epilog": _tools_epilog(),
+    "formatter_class": _HelpFormatter,
+}
+
+
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> AblateCLI:
     # Deferred so `ablate zoo` and `--help` of the tools do not pay for Lightning's import.
     from lightning_modules.classifier import ImageClassifier
@@ -222,7 +257,8 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Ablate
         subclass_mode_model=False,
         subclass_mode_data=True,
         parser_kwargs=(
-            {command: defaults for command in ("fit", "validate", "test", "predict")} if run else defaults
+            {**{command: defaults for command in ("fit", "validate", "test", "predict")}, **_MAIN_PARSER}
+            if run else defaults
         ),
         save_config_callback=SaveConfigToWandb,
         save_config_kwargs={"overwrite": True},

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,19 @@ def test_a_finished_run_leaves_nothing_alive_in_the_process(synthetic_mnist: Pat
     del cli
     gc.collect()
     assert [ref() for ref in alive] == [None] * len(alive)
+
+
+def test_help_lists_every_subcommand_and_tool(monkeypatch, capsys) -> None:
+    """`ablate --help` names Lightning's four subcommands and every experiment tool, one line each."""
+    from experiments.cli import TOOL_SUMMARIES, TOOLS, main
+
+    assert TOOL_SUMMARIES.keys() == TOOLS.keys(), "a tool without a line in --help is a tool nobody finds"
+    monkeypatch.setattr(sys, "argv", ["ablate"])
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict"):
+        assert re.search(rf"^\s+{command}\s+\S", out, re.MULTILINE), command
+    for tool, summary in TOOL_SUMMARIES.items():
+        assert re.search(rf"^  {tool}\s+{re.escape(summary)}$", out, re.MULTILINE), tool
