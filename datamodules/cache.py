@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import sys
 import uuid
 import warnings
@@ -28,6 +29,12 @@ import torch
 
 # Bump when the layout of cached entries changes, so old caches are rebuilt.
 CACHE_VERSION = 1
+
+# The names this module writes, and the only ones `ablate cache --clear` removes: an entry
+# ``<prefix>-<24 hex digits>.pt`` (``DiskCache.path``) and a write in progress
+# ``.<entry name>.<pid>.<8 hex digits>.tmp`` (``save_atomic``).
+ENTRY_NAME = re.compile(r"[^.].*-[0-9a-f]{24}\.pt")
+TEMPORARY_NAME = re.compile(r"\..+\.pt\.[0-9]+\.[0-9a-f]{8}\.tmp")
 
 
 def hash_strings(*parts: object) -> str:
@@ -89,6 +96,8 @@ class DiskCache:
             if not isinstance(entry, dict):
                 raise TypeError(f"holds a {type(entry).__name__}, not an entry's dict")
             return entry
+        except FileNotFoundError:  # removed since is_file() (`ablate cache --clear`, a newer entry): a miss
+            return None
         except Exception as error:  # truncated by a full disk, written by an incompatible version...
             warnings.warn(f"ignoring unreadable cache entry {path} ({error}); rebuilding it", stacklevel=2)
             return None

@@ -49,6 +49,7 @@ TOOLS: dict[str, str] = {
     "lesion": "experiments.analysis.lesion:main",
     "shapes": "experiments.analysis.shapes:main",
     "visualize": "experiments.analysis.visualize:main",
+    "cache": "experiments.cache_tool:main",
 }
 
 # What `ablate --help` says of each tool, after Lightning's four subcommands (one line each; the
@@ -63,6 +64,7 @@ TOOL_SUMMARIES: dict[str, str] = {
     "lesion": "delete residual units of a trained run at test time (Veit et al. 2016)",
     "shapes": "per layer: output shape, receptive field, parameters and multiply-adds",
     "visualize": "first-layer filters and class activation maps of a trained run",
+    "cache": "the decode cache's folder, entries and sizes; --clear empties it",
 }
 
 
