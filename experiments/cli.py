@@ -95,6 +95,13 @@ class AblateCLI(LightningCLI):
             help="With --test_after_fit: the checkpoint with the best val/acc (best), the weights at the end "
             "of training (final: what the papers report), or both; results go to test_results.json in the run.",
         )
+        parser.add_argument(
+            "--speed",
+            type=Literal["auto", "off"],
+            default="auto",
+            help="auto: where --trainer.precision or --model.channels_last is unset, use what is fastest on "
+            "this device (bf16-mixed + channels_last where it has native bf16); off: unset means fp32, contiguous.",
+        )
         parser.link_arguments("data.num_classes", "model.network.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.network.init_args.in_chans", apply_on="instantiate")
 
@@ -132,6 +139,21 @@ class AblateCLI(LightningCLI):
         # trainer, model and data are not kept alive by this module.
         _RUN["trainer"] = weakref.ref(trainer)
         return trainer
+
+    def before_instantiate_classes(self) -> None:
+        # The automatic speed setting (lightning_modules/speed.py): settings left unset are filled in
+        # before the model and trainer are built, so config.yaml records what the run used.
+        from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+        from lightning_modules import speed
+
+        config = self.config.get(str(self.subcommand), self.config)
+        choice, line = speed.resolve(config.get("speed") or "auto", config.trainer.get("accelerator"),
+                                     config.trainer.get("precision"), config.model.get("channels_last"))
+        config.trainer.precision = choice.precision
+        config.model.channels_last = choice.channels_last
+        if line and rank_zero_only.rank == 0:  # one line per run, not one per DDP process
+            print(line, flush=True)
 
     # --- Reliability (issue #8; lightning_modules/reliability.py, README "Reliability") ---------
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:

@@ -6,7 +6,9 @@ builds and trains it and the versions of the libraries that compute it. It leave
 decides where or how the run happens: devices, strategy and nodes, loggers and output folders, the
 data's location, loader workers, progress bars and summaries, checkpointing and bookkeeping
 callbacks, the memory layout and compilation (``channels_last``, ``compile``: same arithmetic), and
-the resume and test arguments a sweep adds itself.
+the resume and test arguments a sweep adds itself. The precision is the one the run trains in: an
+unset one is what ``--speed`` resolves it to on this machine (lightning_modules/speed.py), and equal
+settings spelled differently (``32``, ``"32-true"``) give one fingerprint.
 
     planned = resolve_fit_config(["--config", "base.yaml", "--config", "arm.yaml"])
     record = Fingerprint.of(planned, tier="short")
@@ -31,6 +33,7 @@ from typing import Any
 import yaml
 
 from lightning_modules.files import write_json_atomic
+from lightning_modules.speed import effective_precision
 
 REPO = Path(__file__).resolve().parents[1]
 FILE = "fingerprint.json"
@@ -40,7 +43,7 @@ LIBRARIES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics")
 
 # Flattened keys (and everything below them) that decide where or how a run happens, not its result.
 WHERE_OR_HOW = (
-    "ckpt_path", "weights_only", "test_after_fit", "test_checkpoint",
+    "ckpt_path", "weights_only", "test_after_fit", "test_checkpoint", "verbose",
     "trainer.accelerator", "trainer.strategy", "trainer.devices", "trainer.num_nodes", "trainer.logger",
     "trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.enable_checkpointing", "trainer.log_every_n_steps", "trainer.profiler", "trainer.barebones",
@@ -49,7 +52,7 @@ WHERE_OR_HOW = (
     "trainer.use_distributed_sampler", "trainer.benchmark",
     "data.init_args.data_dir", "data.init_args.num_workers", "data.init_args.download",
     "data.init_args.cache_dir", "data.init_args.pin_memory",
-    "model.channels_last", "model.compile",
+    "model.channels_last", "model.compile", "speed",
 )
 
 
@@ -105,6 +108,7 @@ def result_config(config: dict[str, Any]) -> dict[str, Any]:
         if _changes_training(class_path):
             kept[f"trainer.callbacks.{class_path}"] = (callback.get("init_args") if isinstance(callback, dict)
                                                        else None)
+    kept["trainer.precision"] = effective_precision(config)
     return kept
 
 

@@ -140,7 +140,8 @@ class ImageClassifier(pl.LightningModule):
         ema_eval: Validate, test and predict with the EMA weights (``val/acc`` is then the EMA's,
             ``val/acc_raw`` the raw weights'); needs ``ema_decay`` > 0.
         channels_last: Keep weights and inputs in NHWC memory layout (faster convolutions on
-            tensor cores, also with bf16); outputs equal the default layout's.
+            tensor cores, also with bf16); outputs equal the default layout's. None: ``ablate``'s
+            ``--speed auto`` chooses (lightning_modules/speed.py); contiguous when built directly.
         compile: ``torch.compile`` the network (in place: checkpoint keys do not change).
         tta_flip: At test and predict time, average the logits of each image and its mirror.
         confusion_matrix: At test time, log per-class accuracy and a confusion-matrix figure to
@@ -165,7 +166,7 @@ class ImageClassifier(pl.LightningModule):
         head_lr_multiplier: float = 1.0,
         ema_decay: float = 0.0,
         ema_eval: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         compile: bool = False,
         tta_flip: bool = False,
         confusion_matrix: bool = True,
@@ -196,7 +197,7 @@ class ImageClassifier(pl.LightningModule):
         self.weights = weights
         self.skip_mismatched_head = skip_mismatched_head
         self.ema_eval = ema_eval
-        self.channels_last = channels_last
+        self.channels_last = bool(channels_last)
         self.compile_network = compile  # not `self.compile`: that is nn.Module's method
         self.tta_flip = tta_flip
         self.confusion_matrix = confusion_matrix
