@@ -219,9 +219,25 @@ class AblateCLI(LightningCLI):
             write_json_atomic(Path(log_dir) / TEST_RESULTS, results)
 
     def after_test(self) -> None:
-        """``ablate test`` ends with the same one-line summary as ``fit --test_after_fit``."""
-        self._test_summary(f"checkpoint {self.config.test.get('ckpt_path')}"
-                           if self.config.test.get("ckpt_path") else "the configured weights")
+        """``ablate test`` ends with the same one-line summary as ``fit --test_after_fit``, and records the
+        metrics in the run folder's test_results.json under the checkpoint's file name (beside fit's
+        "best" and "final", which it never replaces)."""
+        from lightning_modules.run_folders import record_test_result
+
+        ckpt_path = self.config.test.get("ckpt_path")
+        result = self._test_summary(f"checkpoint {ckpt_path}" if ckpt_path else "the configured weights",
+                                    checkpoint=ckpt_path)
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
+        if result is not None and self.trainer.is_global_zero and log_dir:
+            record_test_result(Path(log_dir) / TEST_RESULTS, Path(ckpt_path).name if ckpt_path else "weights", result)
+
+    def after_validate(self) -> None:
+        """``ablate validate`` says where its rows went (the checkpoint's run folder when it has one)."""
+        metrics = self.trainer.callback_metrics
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
+        if "val/acc" in metrics and self.trainer.is_global_zero:
+            acc = 100 * float(metrics["val/acc"])
+            print(f"val accuracy: {acc:.2f}%  val error: {100 - acc:.2f}%  run: {log_dir}")
 
     def _test_summary(self, model: str, **where: object) -> dict | None:
         """The test metrics just computed, and the one-line summary the demo ends with."""

@@ -54,7 +54,7 @@ class WandbLogger(_LightningWandbLogger):
     Args:
         project: W&B project.
         name: Run name shown on the dashboard (e.g. arm and seed); unset: ``<network>-seed<seed>``.
-        group: Run group (e.g. the study and tier).
+        group: Run group (e.g. the study and tier); unset: the experiment's name (its CSV logger's ``name``).
         tags: Run tags; unset: the network and the data module.
         save_dir: Local directory for W&B files.
         offline: Force offline (True) or online (False); None decides from the credentials
@@ -108,7 +108,7 @@ class WandbLogger(_LightningWandbLogger):
         """Log the full resolved config (as ``config.yaml`` holds it) to the run config, once per run.
 
         A run name and tags not given to the logger are derived from it (W&B allows both to change
-        after the run started; its group does not, so the group is whatever the logger was given).
+        after the run started; its group does not: ``group_by_experiment`` sets it before).
 
         Args:
             config: The CLI's resolved config as plain data.
@@ -138,6 +138,21 @@ class WandbLogger(_LightningWandbLogger):
             params = {k: v for k, v in params.items() if k not in self._config_keys and not k.startswith("_")}
         if params:
             self.experiment.config.update(params, allow_val_change=True)
+
+
+def group_by_experiment(loggers: list[Any]) -> None:
+    """Group W&B runs given no group by the experiment: the first CSV or TensorBoard logger's ``name``
+    (``runs/<name>/version_N``).
+
+    W&B fixes a run's group when the run starts, and Lightning starts it before any callback's
+    ``setup`` (it touches every ``logger.experiment`` first), so this runs once the trainer exists.
+    """
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    name = next((logger.name for logger in loggers if isinstance(logger, (CSVLogger, TensorBoardLogger))), None)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is None and logger._wandb_init.get("group") is None:
+            logger._wandb_init["group"] = name or None
 
 
 class SaveConfigToWandb(SaveConfigCallback):

@@ -19,7 +19,6 @@ Issue #8. What this module gives ``ablate`` (README, "Reliability"):
 
 from __future__ import annotations
 
-import csv
 import importlib
 import inspect
 import os
@@ -492,6 +491,10 @@ def prepare_run(config: Any) -> dict[str, Any] | None:
             _as_list(run["trainer"]["logger"])[0]["init_args"]["version"] = version
         _say(f"ablate: --ckpt_path last: {'resuming from' if subcommand == 'fit' else 'using'} {path}")
         run["ckpt_path"] = ckpt_path = str(path)
+    if subcommand in ("validate", "test", "predict"):
+        from lightning_modules.run_folders import log_into_checkpoint_run
+
+        log_into_checkpoint_run(run)  # the run the checkpoint belongs to, not a new version_N
     if ckpt_path in (None, "best", "hpc") or str(ckpt_path).startswith(("http://", "https://", "s3://", "gs://")):
         return None
     if not run["weights_only"]:
@@ -536,11 +539,16 @@ def check_run(cli: Any, checkpoint: dict[str, Any] | None) -> Path | None:
             # Compared as SaveConfigCallback would write it, so equal settings compare equal.
             current = yaml.safe_load(cli._parser(subcommand).dump(run, skip_none=False)) or {}
             run_guards.check_resumed_config(current, fixed_run_folder(run.get("trainer")), run["ckpt_path"])
-        if checkpoint is not None and subcommand == "fit":
-            keep_metrics_history(cli.trainer, int(checkpoint.get("global_step", 0)))
-        if subcommand in ("validate", "test", "predict"):
-            # Evaluating a run in its own folder adds rows to its metrics.csv rather than replacing it.
-            keep_metrics_history(cli.trainer, sys.maxsize)
+        if subcommand:
+            from lightning_modules.run_folders import EVERY_ROW, open_metrics_history
+
+            # Evaluating a run in its own folder adds rows to its metrics.csv; a resumed fit keeps the
+            # rows before its checkpoint's step (it logs the later ones again); a new fit starts empty.
+            resume_step = EVERY_ROW if subcommand != "fit" else int((checkpoint or {}).get("global_step", 0))
+            open_metrics_history(cli.trainer, resume_step)
+            from lightning_modules.loggers import group_by_experiment
+
+            group_by_experiment(cli.trainer.loggers)  # as experiments/presets/wandb.yaml promises
     except BaseException:
         if folder is not None:
             run_lock.release(folder)
@@ -607,39 +615,6 @@ def _check_linked_values(run: Any, datamodule: Any) -> None:
             f"{key}={data_value}, which the CLI links into the network. Drop the {key} setting, or use data "
             f"with {given} {'classes' if key == 'num_classes' else 'channels'}."
         )
-
-
-def keep_metrics_history(trainer: pl.Trainer, resume_step: int) -> None:
-    """Keep the rows a resumed run's ``metrics.csv`` had before ``resume_step`` (every row: ``sys.maxsize``).
-
-    Lightning's CSV logger deletes an existing ``metrics.csv`` when it opens a run folder; a run
-    resumed into its own folder, or evaluated there, would lose its history. The rows logged before the checkpoint's
-    step are read first and written back ahead of the resumed run's (later rows are logged again).
-    """
-    from pytorch_lightning.loggers import CSVLogger
-
-    for logger in trainer.loggers:
-        if not isinstance(logger, CSVLogger):
-            continue
-        path = Path(logger.log_dir) / "metrics.csv"
-        if not path.is_file():
-            continue
-        with path.open(newline="") as handle:
-            rows = [row for row in csv.DictReader(handle) if row.get("step", "").isdigit()]
-        kept = [{key: value for key, value in row.items() if value != ""} for row in rows
-                if int(row["step"]) < resume_step]
-        writer = logger.experiment  # opening the folder deletes the old file
-        if writer is not None and kept:
-            writer.metrics[:0] = [{key: _number(value) for key, value in row.items()} for row in kept]
-
-
-def _number(value: str) -> float | int | str:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 # ----- parse errors: one last line ----------------------------------------------------------------

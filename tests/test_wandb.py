@@ -23,6 +23,7 @@ def test_offline_run_holds_metrics_and_config(synthetic_mnist: Path, tmp_path: P
     assert {"train/loss_epoch", "val/acc", "val/acc_best", "test/acc", "test/err"} <= logged_keys
     assert 0.0 <= logged["summary"]["test/err"] <= 100.0
     assert logged["config"]["model/params"] == 97_298
+    assert logged["run"]["group"] == "quickstart_fast", "grouped by the experiment, as presets/wandb.yaml says"
 
 
 def test_credentials_detection(tmp_path: Path, monkeypatch) -> None:

@@ -1,0 +1,158 @@
+"""Which run folder a run logs into, and what it keeps of what that folder already holds.
+
+- ``log_into_checkpoint_run``: ``ablate validate|test|predict --ckpt_path runs/x/version_3/checkpoints/f.ckpt``
+  logs into ``runs/x/version_3``, the run the checkpoint belongs to (its metrics, TensorBoard events,
+  test files and predictions end up beside its training history), not into a new ``version_N``.
+  A checkpoint outside a run folder (a downloaded file) gets the configuration's next ``version_N``.
+  The folder follows from the command line alone, so every DDP rank chooses the same one.
+- ``open_metrics_history``: the CSV logger's ``metrics.csv`` keeps the rows already in it.
+  Lightning's writer (``lightning_fabric.loggers.csv_logs._ExperimentWriter``) deletes an existing
+  ``metrics.csv`` whenever it opens a folder that holds any file (warning "Previous log files in this
+  directory will be deleted"), and ``ablate`` has written ``.ablate.lock`` and ``config.yaml`` there
+  by then, so a new run was warned too. Here the file is kept and appended to; a resumed run drops
+  only the rows from its checkpoint's step on, which it logs again.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import yaml
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from lightning_modules.files import open_atomic
+from lightning_modules.reliability import _as_list, _get, fixed_run_folder
+
+CHECKPOINTS = "checkpoints"
+# A folder holding one of these beside checkpoints/ is a run folder that `ablate fit` wrote.
+RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml")
+FILE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
+EVERY_ROW = sys.maxsize
+
+
+def checkpoint_run_folder(ckpt_path: Any) -> Path | None:
+    """The run folder ``<run>/checkpoints/<file>.ckpt`` belongs to, or None for a file outside one."""
+    if not isinstance(ckpt_path, (str, Path)) or str(ckpt_path) in ("best", "last", "hpc") or "://" in str(ckpt_path):
+        return None
+    path = Path(ckpt_path)
+    folder = path.parent.parent
+    if not folder.name:  # given as checkpoints/f.ckpt from inside the run folder
+        folder = folder.resolve()
+    if path.parent.name != CHECKPOINTS or not any((folder / name).is_file() for name in RUN_FILES):
+        return None
+    return folder
+
+
+def log_into_checkpoint_run(run: Any) -> Path | None:
+    """Point the configured CSV and TensorBoard loggers at the checkpoint's run folder.
+
+    Left alone: a configuration that names its run folder itself (a fixed logger version, as a
+    sweep's ``config.yaml``), and loggers that keep their own folders (W&B alone).
+
+    Returns:
+        The run folder the loggers now write into, or None when nothing was changed.
+    """
+    folder = checkpoint_run_folder(run.get("ckpt_path"))
+    trainer = _get(run, "trainer")
+    loggers = [logger for logger in _as_list(_get(trainer, "logger")) if hasattr(logger, "get")]
+    file_loggers = [logger for logger in loggers if str(_get(logger, "class_path", default="")).endswith(FILE_LOGGERS)]
+    if folder is None or not file_loggers or file_loggers[0] is not loggers[0] or fixed_run_folder(trainer) is not None:
+        return None
+    numbered = re.fullmatch(r"version_(\d+)", folder.name)
+    version: int | str = int(numbered.group(1)) if numbered else folder.name
+    for logger in file_loggers:
+        if logger.get("init_args") is None:
+            logger["init_args"] = type(logger)()
+        args = logger["init_args"]
+        args["save_dir"], args["name"], args["version"] = str(folder.parent.parent), folder.parent.name, version
+    return folder
+
+
+def open_metrics_history(trainer: pl.Trainer, resume_step: int) -> None:
+    """Open every CSV logger's ``metrics.csv`` keeping its rows logged before ``resume_step``.
+
+    ``EVERY_ROW`` for evaluation (its rows are added after the run's), the checkpoint's step for a
+    resumed ``fit``, 0 for a new one. Only global rank 0 writes CSV files (Lightning's CSVLogger).
+    """
+    from pytorch_lightning.loggers import CSVLogger
+
+    if trainer.global_rank != 0:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger) and logger._experiment is None:
+            logger._fs.makedirs(logger.root_dir, exist_ok=True)
+            logger._experiment = MetricsHistoryWriter(logger.log_dir, resume_step)
+
+
+def _step(row: dict[str, str]) -> int:
+    value = row.get("step") or ""
+    return int(value) if value.isdigit() else -1  # a row without a step is never dropped
+
+
+class MetricsHistoryWriter(ExperimentWriter):
+    """Lightning's CSV experiment writer that appends to an existing ``metrics.csv`` and ``hparams.yaml``.
+
+    Args:
+        log_dir: The run folder.
+        resume_step: Rows with a ``step`` at or after it are dropped (``EVERY_ROW`` keeps all).
+    """
+
+    def __init__(self, log_dir: str, resume_step: int = EVERY_ROW) -> None:
+        self.resume_step = resume_step
+        super().__init__(log_dir=log_dir)
+        hparams_file = Path(self.log_dir) / self.NAME_HPARAMS_FILE
+        if self._fs.isfile(str(hparams_file)):  # an evaluation adds to the run's, never replaces them
+            with self._fs.open(str(hparams_file), "r") as handle:
+                loaded = yaml.safe_load(handle)
+            self.hparams = loaded if isinstance(loaded, dict) else {}
+
+    def _check_log_dir_exists(self) -> None:
+        # Lightning's warns and deletes metrics.csv; here its rows stay and new ones are appended.
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+            reader = csv.DictReader(handle)
+            header, rows = list(reader.fieldnames or []), list(reader)
+        kept = [row for row in rows if _step(row) < self.resume_step]
+        # Lightning appends under its sorted list of keys: the file's header must be that list.
+        self.metrics_keys = sorted(header)
+        if len(kept) != len(rows) or header != self.metrics_keys:
+            self._write(self.metrics_keys, kept)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # New columns (test metrics after training ones): the file is rewritten whole or not at all.
+        with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        self._write(fieldnames, rows)
+
+    def _write(self, fieldnames: list[str], rows: list[dict[str, str]]) -> None:
+        local = "://" not in self.metrics_file_path
+        with (open_atomic(self.metrics_file_path, "w", newline="") if local
+              else self._fs.open(self.metrics_file_path, "w", newline="")) as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def record_test_result(path: Path, key: str, result: dict[str, Any]) -> None:
+    """Add ``{key: result}`` to a run's ``test_results.json``, keeping the entries already there.
+
+    A file that cannot be read as JSON is kept aside as ``<name>.unreadable`` rather than overwritten.
+    """
+    import json
+
+    from lightning_modules.files import write_json_atomic
+
+    results: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text())
+            results = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            path.replace(path.with_name(f"{path.name}.unreadable"))
+    write_json_atomic(path, {**results, key: result})
