@@ -1,4 +1,5 @@
-"""``ablate predict`` to a CSV file: one row per image with its predicted class and probability.
+"""``ablate predict`` to a CSV file: one row per image with its predicted class and probability,
+and its true class where the data has labels.
 
 Add it with ``--config experiments/presets/predict_csv.yaml`` after the experiment's config. Rows
 carry the image's index and, when the dataset knows its files (ImageNet-style folders: ``samples``),
@@ -18,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_modules.evaluation import class_names
 from lightning_modules.files import AtomicFile
+
+# True classes last, so readers of the earlier columns by position are unaffected.
+COLUMNS = ["index", "file", "class_index", "class", "probability", "true_class_index", "true_class"]
 
 
 def _source_index(dataset: object, index: int) -> int:
@@ -39,8 +44,17 @@ def _file_of(dataset: object, index: int) -> str:
     return str(files[index]) if files is not None else ""
 
 
+def _labels(batch: Any, size: int) -> list[int | None]:
+    """The batch's true classes (an ``(images, labels)`` batch), None for each image without one."""
+    labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+    if isinstance(labels, torch.Tensor) and labels.shape == (size,) and not labels.is_floating_point():
+        return [label if label >= 0 else None for label in labels.tolist()]  # negative: unlabelled
+    return [None] * size
+
+
 class CSVPredictionWriter(BasePredictionWriter):
-    """Writes ``index, file, class_index, class, probability`` for every predicted image.
+    """Writes ``index, file, class_index, class, probability, true_class_index, true_class`` for every
+    predicted image; the last two are empty where the data has no labels.
 
     Args:
         path: CSV file to write; None writes ``predictions.csv`` into the run folder
@@ -71,7 +85,7 @@ class CSVPredictionWriter(BasePredictionWriter):
         # leaves the previous predictions.csv (or none), never a partial one that looks complete.
         self._file = AtomicFile(self.written, "w", newline="")
         self._writer = csv.writer(self._file.handle)
-        self._writer.writerow(["index", "file", "class_index", "class", "probability"])
+        self._writer.writerow(COLUMNS)
         self._names = class_names(trainer.datamodule, pl_module.num_classes)
         loaders = trainer.predict_dataloaders
         loaders = loaders if isinstance(loaders, Sequence) else [loaders]
@@ -95,10 +109,12 @@ class CSVPredictionWriter(BasePredictionWriter):
         if batch_indices is None:  # iterable datasets: the position in the stream
             batch_indices = range(start, start + len(classes))
         dataset = self._datasets[dataloader_idx] if dataloader_idx < len(self._datasets) else None
-        for index, label, probability in zip(batch_indices, classes, probabilities, strict=True):
+        truths = _labels(batch, len(classes))
+        for index, label, probability, truth in zip(batch_indices, classes, probabilities, truths, strict=True):
             self._writer.writerow([
                 _source_index(dataset, index), _file_of(dataset, index), label, self._names[label],
-                f"{probability:.6f}",
+                f"{probability:.6f}", "" if truth is None else truth,
+                "" if truth is None or truth >= len(self._names) else self._names[truth],
             ])
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -202,3 +202,4 @@ def test_prediction_index_is_the_official_split_index(class_ordered_tree: Path, 
     assert indices != sorted(indices), "rows follow the interleaved order"
     # The tree's official test split is class by class, 8 images each: image i is of class i // 8.
     assert [int(row["class_index"]) for row in rows] == [index // 8 for index in indices]
+    assert [int(row["true_class_index"]) for row in rows] == [index // 8 for index in indices]

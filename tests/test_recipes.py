@@ -538,13 +538,16 @@ def test_prediction_writer_csv(tmp_path: Path) -> None:
                          callbacks=[CSVPredictionWriter(str(path))])
     outputs = trainer.predict(model, datamodule=data)
     rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == ["index", "file", "class_index", "class", "probability"]
+    assert list(rows[0]) == ["index", "file", "class_index", "class", "probability", "true_class_index",
+                            "true_class"]
     assert [int(row["index"]) for row in rows] == list(range(40))
     predicted = torch.cat([out["prediction"] for out in outputs])
     confidence = torch.cat([out["probability"] for out in outputs])
     assert [int(row["class_index"]) for row in rows] == predicted.tolist()
     assert [row["class"] for row in rows] == [TinyData.classes[i] for i in predicted.tolist()]
     assert [float(row["probability"]) for row in rows] == pytest.approx(confidence.tolist(), abs=1e-6)
+    assert [int(row["true_class_index"]) for row in rows] == data.labels.tolist()
+    assert [row["true_class"] for row in rows] == [TinyData.classes[i] for i in data.labels.tolist()]
 
 
 # ----- every knob from the command line ------------------------------------------------------------
