@@ -8,6 +8,10 @@ it costs nothing measurable and still looks live.
 
 The classifier logs ``train/loss`` only on the steps the loggers write (``log_every_n_steps``);
 this bar shows the last step's loss instead (its ``step_loss``), read when the bar redraws.
+
+A run that ``max_steps`` ends (before ``max_epochs`` would) counts optimiser steps across epochs,
+"step 30/200", instead of batches of an epoch it will not finish. The logger version (``v_num``) is
+not shown: the run folder is printed once before training.
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ class ThrottledRichProgressBar(RichProgressBar):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         now = time.monotonic()
-        last_batch = batch_idx + 1 >= self.total_train_batches
+        if self._steps_bound():  # the run's last step, or the epoch's last batch
+            last_batch = trainer.global_step >= trainer.max_steps or batch_idx + 1 >= trainer.num_training_batches
+        else:
+            last_batch = batch_idx + 1 >= self.total_train_batches
         if self.refresh_rate > 0 and now - self._last_update < 1 / self.refresh_rate and not last_batch:
             return
         self._last_update = now
@@ -47,12 +54,40 @@ class ThrottledRichProgressBar(RichProgressBar):
         step_loss = getattr(pl_module, "step_loss", None)
         if isinstance(step_loss, torch.Tensor):
             metrics["train/loss"] = step_loss.item()  # one host sync per redraw, not per step
+        metrics.pop("v_num", None)
         return metrics
 
+    def _steps_bound(self) -> bool:
+        """Whether ``max_steps`` ends this run before ``max_epochs`` would (or alone)."""
+        trainer = self._trainer
+        if trainer is None or trainer.max_steps is None or trainer.max_steps < 0:
+            return False
+        if trainer.max_epochs is None or trainer.max_epochs < 0 or math.isinf(trainer.num_training_batches):
+            return True
+        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        return trainer.max_steps < trainer.max_epochs * steps_per_epoch
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.max_steps if self._steps_bound() else super().total_train_batches
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)  # resets the bar to 0 for each epoch
+        if self._steps_bound():
+            self._update(self.train_progress_bar_id, trainer.global_step)
+
+    def _update(self, progress_bar_id: Any, current: int, visible: bool = True, hard: bool = False) -> None:
+        if progress_bar_id is not None and progress_bar_id == self.train_progress_bar_id and self._steps_bound():
+            current = self.trainer.global_step  # across epochs, not the batch of this one
+        super()._update(progress_bar_id, current, visible, hard)
+
     def _get_train_description(self, current_epoch: int) -> str:
-        # Lightning writes "Epoch 0/-2" when steps bound the run (max_epochs=-1, as `ablate bench` sets).
-        description = f"Epoch {current_epoch}"
-        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
-            description += f"/{self.trainer.max_epochs - 1}"
+        if self._steps_bound():
+            description = "step"  # the count beside it: "step 30/200"
+        else:
+            description = f"Epoch {current_epoch}"
+            # Lightning writes "Epoch 0/-2" when max_epochs=-1 and nothing bounds the run.
+            if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+                description += f"/{self.trainer.max_epochs - 1}"
         # Padded to the validation bar's description, as Lightning does, so the bar does not flicker.
         return f"{description:{len(self.validation_description)}}"
