@@ -9,6 +9,7 @@ one never imports anything heavy.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,10 +62,28 @@ def register_model(
         _REGISTRY[name] = ModelInfo(
             name, family, paper, params, input_size, num_classes, torchvision, builder
         )
+        _name_data_arguments(builder, num_classes, input_size[0])
         return builder
 
     return decorate
 
+
+def _name_data_arguments(builder: Callable[..., nn.Module], num_classes: int, in_chans: int) -> None:
+    """Show ``num_classes`` and ``in_chans`` in the signature of a ``(**overrides)`` builder.
+
+    A config may name a builder as its network (``class_path: architectures.resnet.resnet20``);
+    jsonargparse reads its signature, and the CLI links the data's classes and channels into these
+    two names. The builder's other overrides go under ``dict_kwargs``. Defaults are the registered
+    ones, those ``params`` is counted at.
+    """
+    signature = inspect.signature(builder, follow_wrapped=False)
+    params = list(signature.parameters.values())
+    names = {param.name for param in params}
+    if not params or params[-1].kind is not inspect.Parameter.VAR_KEYWORD or names & {"num_classes", "in_chans"}:
+        return
+    data = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=int)
+            for name, default in (("num_classes", num_classes), ("in_chans", in_chans))]
+    builder.__signature__ = signature.replace(parameters=[*params[:-1], *data, params[-1]])
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
     """Registered names matching a shell-style ``pattern`` (and ``family``), sorted."""

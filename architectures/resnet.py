@@ -59,7 +59,8 @@ class ResNet(nn.Module):
             ``"relu_before_add"``, ``"relu_preact"`` or ``"full_preact"``.
         shortcut: He et al. 2016b, Fig. 2: ``"identity"``, ``"scale"``, ``"exclusive_gate"``,
             ``"shortcut_gate"``, ``"conv1x1"`` (option C) or ``"dropout"``; ``"none"`` gives a
-            plain net.
+            plain net. A shortcut of one's own (``register_shortcut``) is named in a builder's
+            overrides, which this list does not check: ``overrides: {shortcut: my_module.name}``.
         downsample: The identity's reshaping path where a unit changes shape: ``"A"`` (zero
             padding), ``"B"`` (1x1 conv + BN) or ``"conv"`` (1x1 conv, for pre-activation).
         shortcut_args: Extra arguments of the shortcut, e.g. ``{"shortcut_scale": 0.5,

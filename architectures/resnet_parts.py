@@ -20,6 +20,7 @@ so the ImageNet nets load its state dicts unchanged.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import ClassVar, NamedTuple
 
@@ -283,12 +284,35 @@ SHORTCUTS: dict[str, type[nn.Module]] = {
 }
 
 
+def register_shortcut(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Decorator adding a shortcut class to ``SHORTCUTS`` under ``name``.
+
+    The class is built as ``cls(skip, in_chs, out_chs, stride, **shortcut_args)`` and called as
+    ``shortcut(x, residual) -> merged``; ``skip`` is the identity, or the ``downsample`` path
+    where the unit changes shape. A shortcut registered by a module of one's own is chosen as
+    ``shortcut: <module>.<name>`` (``my_shortcut.learned_scale``): the module is imported first.
+    """
+
+    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in SHORTCUTS and SHORTCUTS[name] is not cls:
+            raise ValueError(f"shortcut {name!r} is registered twice")
+        SHORTCUTS[name] = cls
+        return cls
+
+    return decorate
+
+
 def make_shortcut(
     name: str, in_chs: int, out_chs: int, stride: int, downsample: str = "B", **shortcut_args
 ) -> nn.Module:
     """Build shortcut ``name``; where the unit changes shape its skip path is ``downsample``."""
+    given = name
+    if name not in SHORTCUTS and "." in name:  # `my_shortcut.learned_scale`: a user module registers it
+        module, _, name = name.rpartition(".")
+        importlib.import_module(module)
     if name not in SHORTCUTS:
-        raise ValueError(f"unknown shortcut {name!r}; choose one of {', '.join(SHORTCUTS)}")
+        raise ValueError(f"unknown shortcut {given!r}; choose one of {', '.join(SHORTCUTS)}, "
+                         "or <module>.<name> of one a module registers with register_shortcut")
     if downsample not in DOWNSAMPLES:
         raise ValueError(f"unknown downsample {downsample!r}; choose one of {', '.join(DOWNSAMPLES)}")
     reshapes = stride != 1 or in_chs != out_chs

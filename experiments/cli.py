@@ -386,6 +386,12 @@ def _one_line(error: BaseException, peer_failed: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ablate`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The user's own modules (`--model.network.class_path my_ablation.MyNet`) import from the working
+    # directory, as under `python -m`: a console script has only its bin folder on sys.path. Other
+    # import roots go on PYTHONPATH. DDP's children re-run this script in the same folder, and
+    # spawned workers inherit sys.path, so they import them too.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     # A W&B service inherited from whatever started this process (a notebook, a test runner, a script
     # that itself uses wandb) would own this run's W&B files and may stop before flushing them.
     os.environ.pop("WANDB_SERVICE", None)

@@ -676,6 +676,15 @@ class ConfigErrorParser(LightningArgumentParser):
         config_files.install()
         super().__init__(*args, **kwargs)
 
+    def add_function_arguments(self, function: Any, *args: Any, linked_targets: set[str] | None = None,
+                               **kwargs: Any) -> list[str]:
+        # A builder function as class_path (`architectures.resnet.resnet20`) is a target of the CLI's
+        # data -> network links. jsonargparse hands a class_path's parser its link targets, which its
+        # add_class_arguments takes and its add_function_arguments does not (4.53: "unexpected keyword
+        # argument 'linked_targets'"). Its only use here is to make a linked parameter optional, which
+        # jsonargparse does again right after this call (clear_required in get_class_parser).
+        return super().add_function_arguments(function, *args, **kwargs)
+
     def parse_path(self, path: Any, *args: Any, **kwargs: Any) -> Any:
         # Every --config file comes through here: an empty file or an alias bomb is refused naming
         # the file (jsonargparse said "Unexpected config:", or ran out of memory after 40 s).
