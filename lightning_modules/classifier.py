@@ -42,6 +42,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from architectures.common import AuxOutputs, count_params
 from lightning_modules import evaluation, transfer
 from lightning_modules.param_groups import build_param_groups, check_prefixes, scale_group_lrs
+from lightning_modules.schedules import WARMUP_FLOOR_STEPS, floored_warmup
 
 # Per-class accuracies are logged as scalars up to this many classes; all of them always go to
 # per_class_accuracy.csv (ImageNet's 1000 columns would swamp metrics.csv).
@@ -551,11 +552,39 @@ class ImageClassifier(pl.LightningModule):
             declared or keywords.get("epochs")
         ):
             fill["steps_per_epoch"] = self._steps_per_epoch(interval)
+        if "min_warmup_steps" in accepted and keywords.get("min_warmup_steps") is None:
+            fill["min_warmup_steps"] = WARMUP_FLOOR_STEPS
         multipliers = [group.get("lr_multiplier", 1.0) for group in optimizer.param_groups]
         if isinstance(keywords.get("max_lr"), (int, float)) and any(m != 1.0 for m in multipliers):
             # OneCycleLR sets every group's rate from max_lr: keep the groups' multipliers.
             fill["max_lr"] = [keywords["max_lr"] * m for m in multipliers]
-        return factory(optimizer, **fill), interval
+        note = None
+        if cls is not None and issubclass(cls, torch.optim.lr_scheduler.OneCycleLR) and interval == "step" and (
+            "total_steps" in fill
+        ):
+            note = self._floor_one_cycle(fill, keywords, accepted, name)
+        scheduler = factory(optimizer, **fill)
+        note = note or getattr(scheduler, "note", None)
+        if note and getattr(self._trainer, "is_global_zero", True):
+            print(f"ablate: {note}", file=sys.stderr, flush=True)
+        return scheduler, interval
+
+    @staticmethod
+    def _floor_one_cycle(fill: dict[str, Any], keywords: dict[str, Any], accepted: Any, name: str) -> str | None:
+        """OneCycleLR's warm-up (``pct_start`` of the run) given the floor of ``floored_warmup``:
+        ``pct_start`` and ``max_lr`` in ``fill`` changed only where the run is too short for it."""
+        total = fill["total_steps"]
+        pct_start = keywords.get("pct_start", accepted["pct_start"].default)
+        plan = floored_warmup(int(pct_start * total), total, WARMUP_FLOOR_STEPS, name)
+        if plan.note is None:
+            return None
+        fill["pct_start"] = plan.steps / total
+        max_lr = fill.get("max_lr", keywords.get("max_lr"))
+        if plan.peak_scale != 1.0 and max_lr is not None:
+            fill["max_lr"] = [lr * plan.peak_scale for lr in max_lr] if isinstance(max_lr, (list, tuple)) else (
+                max_lr * plan.peak_scale)
+        return plan.note
+
 
     def _training_length(self, interval: str, name: str) -> int:
         """Scheduler steps of the whole run: epochs, or optimiser steps, from the trainer."""

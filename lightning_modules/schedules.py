@@ -23,6 +23,15 @@ classifier fills the last two from the trainer, so lengths can be given in ``"st
 milestones as fractions". They declare ``interval = "step"``: the classifier steps them after
 every optimiser step. The rate of a parameter group is always its base rate times the factor, so
 per-group learning-rate multipliers survive the schedule.
+
+A warm-up given as a fraction of training or in epochs shrinks with the run: cut to a few hundred
+steps (``--trainer.limit_train_batches``, ``max_steps``), a ramp to a high peak can diverge where the
+full run does not. ``floored_warmup`` gives such warm-ups a floor in steps (``WARMUP_FLOOR_STEPS``,
+filled in by the classifier as ``min_warmup_steps``, and applied by it to ``OneCycleLR``); a run too
+short to hold the floor gets a warm-up of half its steps and a peak lowered in proportion, so the
+rate never climbs faster than the floor allows. Runs whose warm-up already reaches the floor, every
+full-length recipe here, keep their schedule exactly; warm-ups in steps are taken as written, and
+the studies' ``WarmupMultiStepLR`` keeps its fractions as they are (its tiers are measured so).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from torch.optim import Optimizer
@@ -37,6 +47,47 @@ from torch.optim.lr_scheduler import LRScheduler
 
 Unit = Literal["step", "epoch", "fraction"]
 WarmupMode = Literal["constant", "linear"]
+
+# The shortest warm-up, in optimiser steps, that a warm-up given as a fraction or in epochs is
+# stretched to: about twice the shortest one-cycle ramp to 0.1 that the batch-norm-free lecture
+# network survived on MNIST (docs/reports/short_run_warmup.md), and below every full-length
+# recipe's own warm-up, so those are untouched.
+WARMUP_FLOOR_STEPS = 300
+# A run too short for the floor warms up over this fraction of its steps.
+SHORT_RUN_WARMUP = 0.5
+
+
+@dataclass(frozen=True)
+class WarmupPlan:
+    """A warm-up after the floor: its length, the factor on the whole schedule, and what changed."""
+
+    steps: int
+    peak_scale: float = 1.0
+    note: str | None = None  # one line for the user; None when the schedule is as requested
+
+
+def floored_warmup(requested: int, total_steps: int | None, floor: int, name: str = "the schedule") -> WarmupPlan:
+    """``requested`` warm-up steps, stretched to ``floor`` where the run has room for it.
+
+    Args:
+        requested: Warm-up steps the schedule asks for (0 = no warm-up: nothing to stretch).
+        total_steps: Optimiser steps of the run (None: unknown, no cap).
+        floor: Fewest warm-up steps (0 = no floor).
+        name: The schedule, for the note.
+    """
+    room = total_steps if total_steps else math.inf
+    if requested <= 0 or floor <= 0 or (requested >= floor and requested < room):
+        return WarmupPlan(requested)
+    half = max(1, math.floor(SHORT_RUN_WARMUP * room))
+    # A warm-up as long as the run becomes half of it; a short one grows to the floor, or to half the run.
+    steps = half if requested >= room else max(requested, min(floor, half))
+    scale = min(1.0, steps / floor)
+    if scale == 1.0:
+        note = f"{name}: warm-up of {requested} steps made {steps} (at least {floor}, at most half the run)"
+    else:
+        note = (f"{name}: a {total_steps}-step run is too short for a {floor}-step warm-up: warming up over "
+                f"{steps} steps to {scale:.2g} x the peak rate instead")
+    return WarmupPlan(steps, scale, note)
 
 
 def to_steps(value: float, unit: Unit, steps_per_epoch: int | None, total_steps: int | None) -> int:
@@ -87,6 +138,14 @@ class _StepSchedule(LRScheduler):
         return [base_lr * factor for base_lr in self.base_lrs]
 
 
+def _plan(
+    warmup: float, unit: Unit, floor: int | None, steps_per_epoch: int | None, total_steps: int | None, name: str
+) -> WarmupPlan:
+    """The warm-up in steps; a floor only for a warm-up that shrinks with the run (epochs, fractions)."""
+    requested = to_steps(warmup, unit, steps_per_epoch, total_steps)
+    return floored_warmup(requested, total_steps, 0 if unit == "step" else floor or 0, name)
+
+
 def _check_warmup_mode(mode: str) -> None:
     if mode not in ("constant", "linear"):
         raise ValueError(f"warmup_mode must be 'constant' or 'linear', got {mode!r}")
@@ -107,6 +166,8 @@ class WarmupMultiStep(_StepSchedule):
             He et al.'s base 0.1 into their 0.01).
         warmup_mode: ``"constant"`` (He et al. 2015: hold the low rate, then jump) or
             ``"linear"`` (Goyal et al. 2017: ramp up to the base rate).
+        min_warmup_steps: Floor on a warm-up given in epochs or as a fraction (``floored_warmup``);
+            the classifier fills in ``WARMUP_FLOOR_STEPS`` when None; 0 = none.
         steps_per_epoch: Optimiser steps per epoch; filled from the trainer when None.
         total_steps: Optimiser steps of the run; filled from the trainer when None.
         last_epoch: torch's resume index (-1 = start).
@@ -122,13 +183,15 @@ class WarmupMultiStep(_StepSchedule):
         warmup_unit: Unit = "step",
         warmup_factor: float = 0.1,
         warmup_mode: WarmupMode = "constant",
+        min_warmup_steps: int | None = None,
         steps_per_epoch: int | None = None,
         total_steps: int | None = None,
         last_epoch: int = -1,
     ) -> None:
         _check_warmup_mode(warmup_mode)
         self.milestone_steps = sorted(to_steps(m, unit, steps_per_epoch, total_steps) for m in milestones)
-        self.warmup_steps = to_steps(warmup, warmup_unit, steps_per_epoch, total_steps)
+        plan = _plan(warmup, warmup_unit, min_warmup_steps, steps_per_epoch, total_steps, type(self).__name__)
+        self.warmup_steps, self.peak_scale, self.note = plan.steps, plan.peak_scale, plan.note
         self.gamma = gamma
         self.warmup_factor = warmup_factor
         self.warmup_mode = warmup_mode
@@ -136,7 +199,8 @@ class WarmupMultiStep(_StepSchedule):
 
     def factor(self, step: int) -> float:
         drops = bisect.bisect_right(self.milestone_steps, step)
-        return self.gamma**drops * warmup_factor_at(step, self.warmup_steps, self.warmup_factor, self.warmup_mode)
+        warmup = warmup_factor_at(step, self.warmup_steps, self.warmup_factor, self.warmup_mode)
+        return self.peak_scale * self.gamma**drops * warmup
 
 
 class WarmupMultiStepLR(WarmupMultiStep):
@@ -181,6 +245,8 @@ class WarmupCosine(_StepSchedule):
         warmup_factor: Rate at the start of warm-up as a fraction of the base rate.
         warmup_mode: ``"linear"`` (Goyal et al. 2017) or ``"constant"``.
         min_factor: Rate at the last step as a fraction of the base rate (``eta_min / lr``).
+        min_warmup_steps: Floor on a warm-up given in epochs or as a fraction (``floored_warmup``);
+            the classifier fills in ``WARMUP_FLOOR_STEPS`` when None; 0 = none.
         steps_per_epoch: Optimiser steps per epoch; filled from the trainer when None.
         total_steps: Optimiser steps of the run (the cosine ends there); filled from the trainer
             when None.
@@ -195,6 +261,7 @@ class WarmupCosine(_StepSchedule):
         warmup_factor: float = 0.01,
         warmup_mode: WarmupMode = "linear",
         min_factor: float = 0.0,
+        min_warmup_steps: int | None = None,
         steps_per_epoch: int | None = None,
         total_steps: int | None = None,
         last_epoch: int = -1,
@@ -203,7 +270,8 @@ class WarmupCosine(_StepSchedule):
         if not total_steps:
             raise ValueError("WarmupCosine needs total_steps (filled from the trainer during fit)")
         self.total_steps = total_steps
-        self.warmup_steps = to_steps(warmup, warmup_unit, steps_per_epoch, total_steps)
+        plan = _plan(warmup, warmup_unit, min_warmup_steps, steps_per_epoch, total_steps, type(self).__name__)
+        self.warmup_steps, self.peak_scale, self.note = plan.steps, plan.peak_scale, plan.note
         if self.warmup_steps >= total_steps:
             raise ValueError(f"the warm-up ({self.warmup_steps} steps) must be shorter than training ({total_steps})")
         self.warmup_factor = warmup_factor
@@ -213,6 +281,7 @@ class WarmupCosine(_StepSchedule):
 
     def factor(self, step: int) -> float:
         if step < self.warmup_steps:
-            return warmup_factor_at(step, self.warmup_steps, self.warmup_factor, self.warmup_mode)
+            return self.peak_scale * warmup_factor_at(step, self.warmup_steps, self.warmup_factor, self.warmup_mode)
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - 1 - self.warmup_steps))
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        cosine = self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.peak_scale * cosine

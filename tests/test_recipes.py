@@ -197,7 +197,8 @@ def test_fraction_milestones_follow_the_training_length() -> None:
 
 
 def test_epoch_milestones_use_the_optimiser_steps_per_epoch() -> None:
-    factory = functools.partial(WarmupMultiStep, milestones=[2], unit="epoch", warmup=0.5, warmup_unit="epoch")
+    factory = functools.partial(WarmupMultiStep, milestones=[2], unit="epoch", warmup=0.5, warmup_unit="epoch",
+                                min_warmup_steps=0)  # the exact conversion (the floor: test_warmup_floor.py)
     model = ImageClassifier(TinyNet(), optimizer=sgd(0.1), lr_scheduler=factory)
     # 10 batches per epoch, 2 accumulated per optimiser step: 5 steps per epoch.
     scheduler = configured(model, FakeTrainer(total_steps=15, batches_per_epoch=10, accumulate=2))[1]
@@ -207,7 +208,7 @@ def test_epoch_milestones_use_the_optimiser_steps_per_epoch() -> None:
 def test_cosine_with_warmup_endpoints() -> None:
     factory = schedule_from_yaml(
         "class_path: lightning_modules.schedules.WarmupCosine\n"
-        "init_args: {warmup: 0.1, warmup_unit: fraction, warmup_factor: 0.01, min_factor: 0.05}"
+        "init_args: {warmup: 0.1, warmup_unit: fraction, warmup_factor: 0.01, min_factor: 0.05, min_warmup_steps: 0}"
     )
     model = ImageClassifier(TinyNet(), optimizer=sgd(1.0), lr_scheduler=factory)
     optimizer, scheduler, _ = configured(model, FakeTrainer(total_steps=100))
@@ -240,8 +241,8 @@ def test_one_cycle_keeps_the_groups_lr_multipliers() -> None:
     factory = schedule_from_yaml("class_path: torch.optim.lr_scheduler.OneCycleLR\ninit_args: {max_lr: 0.1}")
     model = ImageClassifier(TinyNet(), optimizer=sgd(0.1), lr_scheduler=factory, head_lr_multiplier=10.0,
                             scheduler_interval="step")
-    optimizer, scheduler, _ = configured(model, FakeTrainer(total_steps=50))
-    assert scheduler.total_steps == 50
+    optimizer, scheduler, _ = configured(model, FakeTrainer(total_steps=1000))  # long enough for its warm-up
+    assert scheduler.total_steps == 1000
     assert sorted(group["max_lr"] for group in optimizer.param_groups) == pytest.approx([0.1, 1.0])
 
 
