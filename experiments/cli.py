@@ -81,6 +81,18 @@ _RUN: dict[str, Any] = {}
 class AblateCLI(LightningCLI):
     """LightningCLI with the data -> model links and aligned logger versions."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from lightning_modules import quiet
+
+        with quiet.restored():  # the next run in this process starts from Lightning's own settings
+            super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # `--verbose` is ablate's (everything Lightning prints). Trainer.validate/test have a `verbose` of
+        # their own, printing the results table, which stays at its default: on.
+        return {name: skip | {"verbose"} for name, skip in LightningCLI.subcommands().items()}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--test_after_fit",
@@ -94,6 +106,15 @@ class AblateCLI(LightningCLI):
             default="best",
             help="With --test_after_fit: the checkpoint with the best val/acc (best), the weights at the end "
             "of training (final: what the papers report), or both; results go to test_results.json in the run.",
+        )
+        parser.add_argument(
+            "--verbose",
+            type=bool,
+            default=False,
+            nargs="?",
+            const=True,  # `--verbose` alone, or `--verbose true` as the other flags are written
+            help="Print everything Lightning prints (its info lines, full model summary, library warnings); "
+            "by default a run prints its folder and network (lightning_modules/quiet.py).",
         )
         parser.add_argument(
             "--speed",
@@ -119,6 +140,10 @@ class AblateCLI(LightningCLI):
             # Updated and redrawn twice a second, not after every batch and 100 times a second
             # (lightning_modules/progress.py: that cost ResNet-20 3.5% on 2 CPU cores).
             callbacks = [*callbacks, ThrottledRichProgressBar()]
+        if self._verbose():  # Lightning's full table too, beside the two lines of lightning_modules/run_summary.py
+            from pytorch_lightning.callbacks import RichModelSummary
+
+            callbacks = [*callbacks, RichModelSummary(max_depth=2)]
         # Checkpoints written beside their target, fsync'ed and renamed over it on any file system,
         # and never of non-finite weights (lightning_modules/checkpoint_io.py), unless the user brought
         # a CheckpointIO of their own. Given as a plugin, it becomes every strategy's checkpoint_io (DDP too).
@@ -163,6 +188,10 @@ class AblateCLI(LightningCLI):
         from lightning_modules import reliability
 
         super().parse_arguments(parser, args)
+        if not self._verbose():
+            from lightning_modules import quiet
+
+            quiet.quiet()
         self._checkpoint = reliability.prepare_run(self.config)
 
     def after_instantiate_classes(self) -> None:
@@ -187,6 +216,9 @@ class AblateCLI(LightningCLI):
     # --- end Reliability ------------------------------------------------------------------------
 
 
+    def _verbose(self) -> bool:
+        return bool(self.config.get(str(self.config.get("subcommand")), self.config).get("verbose"))
+
     def after_fit(self) -> None:
         if not self.config.fit.get("test_after_fit") or self.trainer.interrupted:
             return
@@ -208,7 +240,8 @@ class AblateCLI(LightningCLI):
             final = last_checkpoint_path(self.trainer).with_name(FINAL_CHECKPOINT)
             self.trainer.save_checkpoint(final, weights_only=True)
         if which in ("best", "both") and best:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+            # By its path: ckpt_path="best" makes Lightning warn that there are two ModelCheckpoints (best, last).
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
             results["best"] = self._test_summary("best checkpoint", checkpoint=best)
         # The final model is tested last, so the run's per-class files and last test rows are its own.
         if final is not None:
