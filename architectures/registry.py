@@ -109,8 +109,32 @@ def model_info(name: str) -> ModelInfo:
         ) from None
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-    """Build the registered network ``name``; ``overrides`` win over the variant's arguments."""
+# (in_chans, num_classes) of the datasets the zoo's variants are published on, for
+# ``create_model(name, dataset=...)``.
+DATASETS: dict[str, tuple[int, int]] = {
+    "mnist": (1, 10),
+    "cifar10": (3, 10),
+    "cifar100": (3, 100),
+    "imagenet": (3, 1000),
+}
+
+
+def create_model(name: str, dataset: str | None = None, **overrides) -> nn.Module:
+    """Build the registered network ``name``; ``overrides`` win over the variant's arguments.
+
+    Args:
+        name: Registry name, e.g. ``"resnet20"`` (``ablate zoo`` lists them).
+        dataset: ``"mnist"``, ``"cifar10"``, ``"cifar100"`` or ``"imagenet"``: its channels and
+            classes (explicit ``in_chans``/``num_classes`` still win). None keeps the variant's own,
+            those of the dataset it was published on (``model_info(name).input_size``).
+        **overrides: Keyword arguments of the builder, e.g. ``num_classes=5``, ``downsample="B"``.
+    """
+    if dataset is not None:
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; give one of {', '.join(DATASETS)}, "
+                             "or in_chans= and num_classes= yourself")
+        in_chans, num_classes = DATASETS[dataset]
+        overrides = {"in_chans": in_chans, "num_classes": num_classes, **overrides}
     return model_info(name).builder(**overrides)
 
 
@@ -119,29 +143,33 @@ class ZooModel(nn.Module):
 
     Constructing it returns the registered network itself (not a wrapper), so checkpoints keep
     the network's own state-dict keys. LightningCLI links the data's ``num_classes`` and
-    ``in_chans`` into these arguments.
+    ``in_chans`` into these arguments; left unset (in Python), they are those of the dataset the
+    variant was published on (``ZooModel("resnet20")`` takes 3-channel images, 10 classes).
     """
 
     def __new__(
         cls,
         name: str = "inception_mnist",
-        num_classes: int = 10,
-        in_chans: int = 1,
+        num_classes: int | None = None,
+        in_chans: int | None = None,
         overrides: dict | None = None,
     ) -> nn.Module:
+        info = model_info(name)
+        num_classes = info.num_classes if num_classes is None else num_classes
+        in_chans = info.input_size[0] if in_chans is None else in_chans
         return create_model(name, num_classes=num_classes, in_chans=in_chans, **(overrides or {}))
 
     def __init__(
         self,
         name: str = "inception_mnist",
-        num_classes: int = 10,
-        in_chans: int = 1,
+        num_classes: int | None = None,
+        in_chans: int | None = None,
         overrides: dict | None = None,
     ) -> None:
         """Args:
         name: Registry name of the network (``ablate zoo`` lists them).
-        num_classes: Number of output classes (linked from the data module).
-        in_chans: Number of input channels (linked from the data module).
+        num_classes: Number of output classes (linked from the data module); None: the variant's.
+        in_chans: Number of input channels (linked from the data module); None: the variant's.
         overrides: Keyword arguments passed to the builder, e.g. ``{downsample: B}``.
         """
         raise AssertionError("unreachable: __new__ returns the registered network")
