@@ -40,7 +40,7 @@ from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from architectures.common import AuxOutputs, count_params
-from lightning_modules import evaluation, transfer
+from lightning_modules import evaluation, inference, transfer
 from lightning_modules.param_groups import build_param_groups, check_prefixes, scale_group_lrs
 from lightning_modules.schedules import WARMUP_FLOOR_STEPS, floored_warmup
 
@@ -187,6 +187,9 @@ class ImageClassifier(pl.LightningModule):
         # rate, an unknown argument) fails now, before any data is loaded, with torch's message.
         optimizer([nn.Parameter(torch.zeros(1))])
         self.save_hyperparameters(ignore=["network", "optimizer", "lr_scheduler"])
+        # The network as `ablate` configured it, kept in every checkpoint so it loads alone
+        # (lightning_modules/inference.py); None when built in Python.
+        self.network_spec = inference.cli_network_spec()
         self.network = network
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -425,10 +428,26 @@ class ImageClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A metric's state is not in the state dict: keep the running best with the checkpoint.
         checkpoint["val_acc_best"] = self.val_acc_best.max_value.detach().cpu()
+        checkpoint[inference.ENTRY] = inference.checkpoint_entry(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         best = checkpoint.get("val_acc_best")
         self._restored_best = best if best is not None and torch.isfinite(best) else None
+        if self.network_spec is None:  # loaded in Python: later saves keep recording the network
+            self.network_spec = (checkpoint.get(inference.ENTRY) or {}).get("network")
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
+        weights_only: bool | None = True, **kwargs: Any,
+    ) -> ImageClassifier:
+        """Lightning's ``load_from_checkpoint``, read with ``weights_only=True`` by default; without
+        ``network=`` the network is rebuilt from the checkpoint's record of it (checkpoints written
+        before they carried one need ``network=``)."""
+        if "network" not in kwargs:
+            checkpoint = inference.read_checkpoint(checkpoint_path)
+            kwargs["network"] = inference.network_from_checkpoint(checkpoint, checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.shared_step(batch, "test")
