@@ -5,13 +5,19 @@ Every (network, variant) runs in a process of its own, so one network's peak mem
 with its error, not the end of the benchmark. A variant is a way of executing the same network:
 
     fp32              float32, contiguous (NCHW) tensors, eager
+    fp32-cl           float32, channels_last (NHWC) tensors
     bf16              bfloat16 autocast
     bf16-cl           bfloat16 autocast + channels_last tensors
     bf16-cl-compile   the same under torch.compile (its first steps, compilation, are warm-up)
+    auto              what ``ablate fit``'s automatic speed setting picks on this device
+                      (lightning_modules/speed.py; the row's ``auto_is`` names it)
 
-On CPU the default is fp32 alone; on CUDA all four. Model FLOPs utilisation is the counted
-training FLOPs (6 per multiply-add: forward 2, backward 4) per second over the device's dense
-bf16 peak (``--peak-tflops``, looked up for common GPUs).
+On CPU the default is fp32 alone; on CUDA all of them. With ``--repeats N`` every variant of a
+network is measured N times, the variants taking turns (in reversed order every other round),
+and each row keeps its best round: load from other users of a shared machine only slows a round
+down. ``warmup_s`` is the untimed first steps' time, which under torch.compile is the compilation.
+Model FLOPs utilisation is the counted training FLOPs (6 per multiply-add: forward 2, backward 4)
+per second over the device's dense bf16 peak (``--peak-tflops``, looked up for common GPUs).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("fp32", "bf16", "bf16-cl", "bf16-cl-compile")
+VARIANTS = ("fp32", "fp32-cl", "bf16", "bf16-cl", "bf16-cl-compile", "auto")
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
@@ -46,6 +52,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 128 on CUDA")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation, allocator)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds over the variants, taking turns; each row is its best round")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 peak, for MFU (default: looked up by GPU name)")
     return parser
@@ -87,18 +95,36 @@ class _PeakMemory:
         return hwm - self.baseline
 
 
-def _timed(step, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds for ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
+def _timed(step, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """Seconds for ``steps`` calls of ``step`` after ``warmup`` untimed ones, and the warm-up's seconds."""
+    start = time.perf_counter()
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    warmup_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, warmup_s
+
+
+def execution(variant: str, device_type: str) -> tuple[bool, bool, bool]:
+    """(bf16 autocast, channels_last, compile) of a variant; ``auto`` as ``ablate fit`` resolves it."""
+    if variant == "auto":
+        from lightning_modules import speed
+
+        choice = speed.choose(speed.probe(device_type))
+        return "bf16" in choice.precision, choice.channels_last, False
+    return variant.startswith("bf16"), "-cl" in variant, variant.endswith("compile")
+
+
+def auto_variant(device_type: str) -> str:
+    """The fixed variant the automatic setting equals on this device (e.g. ``bf16-cl``)."""
+    bf16, channels_last, _ = execution("auto", device_type)
+    return ("bf16" if bf16 else "fp32") + ("-cl" if channels_last else "")
 
 
 def measure(job: Job) -> dict:
@@ -108,15 +134,15 @@ def measure(job: Job) -> dict:
     device = torch.device(job.device)
     info = model_info(job.network)
     memory = _PeakMemory(device)
-    channels_last = "-cl" in job.variant
+    bf16, channels_last, compiled = execution(job.variant, device.type)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     net = create_model(job.network, num_classes=info.num_classes).to(device, memory_format=layout)
     params = count_params(net)
     images = torch.randn(job.batch_size, *info.input_size, device=device).contiguous(memory_format=layout)
     labels = torch.randint(0, info.num_classes, (job.batch_size,), device=device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    model = torch.compile(net) if job.variant.endswith("compile") else net
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=job.variant.startswith("bf16"))
+    model = torch.compile(net) if compiled else net
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def train_step() -> None:
         with autocast:
@@ -131,11 +157,12 @@ def measure(job: Job) -> dict:
             model(images)
 
     net.eval()
-    infer_s = _timed(infer_step, job.steps, job.warmup, device)
+    infer_s, infer_warmup_s = _timed(infer_step, job.steps, job.warmup, device)
     peak_infer = memory.peak_mb()
     net.train()
-    train_s = _timed(train_step, job.steps, job.warmup, device)
+    train_s, train_warmup_s = _timed(train_step, job.steps, job.warmup, device)
     return {"train_img_s": job.steps * job.batch_size / train_s, "infer_img_s": job.steps * job.batch_size / infer_s,
+            "warmup_s": infer_warmup_s + train_warmup_s,
             "params": params, "peak_train_mb": memory.peak_mb(), "peak_infer_mb": peak_infer}
 
 
@@ -192,14 +219,23 @@ def bench_throughput(args: argparse.Namespace) -> dict:
     names = sorted({name for pattern in args.pattern.split(",") for name in list_models(pattern)})
     if not names:
         raise SystemExit(f"ablate bench throughput: no registered network matches {args.pattern!r} (see `ablate zoo`)")
+    device_type = torch.device(args.device).type
     for name in names:
         macs = multiply_adds(name)
+        best: dict[str, dict] = {}
+        for repeat in range(args.repeats):
+            for variant in variants if repeat % 2 == 0 else variants[::-1]:
+                if "error" in best.get(variant, {}):  # failed once (out of memory): not tried again
+                    continue
+                job = Job(name, variant, args.device, batch_size, args.steps, args.warmup)
+                print(f"[throughput] {name} {variant} ({repeat + 1}/{args.repeats}) ...", file=sys.stderr, flush=True)
+                result = run_isolated(job)
+                if "error" in result or result["train_img_s"] > best.get(variant, {}).get("train_img_s", -1):
+                    best[variant] = result
         for variant in variants:
-            job = Job(name, variant, args.device, batch_size, args.steps, args.warmup)
-            print(f"[throughput] {name} {variant} ...", file=sys.stderr, flush=True)
-            result = run_isolated(job)
+            result = best[variant]
             row = {"network": name, "variant": variant, "input": "x".join(map(str, model_info(name).input_size)),
-                   "macs": macs}
+                   "macs": macs, **({"auto_is": auto_variant(device_type)} if variant == "auto" else {})}
             if "error" in result:
                 rows.append({**row, "error": result["error"]})
                 print(result.get("traceback", result["error"]), file=sys.stderr)
@@ -208,9 +244,11 @@ def bench_throughput(args: argparse.Namespace) -> dict:
             rows.append({**row, "params": result["params"], "train_img_s": result["train_img_s"],
                          "infer_img_s": result["infer_img_s"], "train_tflops": tflops,
                          **({"mfu": tflops / peak} if peak else {}),
-                         "peak_train_mb": result["peak_train_mb"], "peak_infer_mb": result["peak_infer_mb"]})
+                         "peak_train_mb": result["peak_train_mb"], "peak_infer_mb": result["peak_infer_mb"],
+                         "warmup_s": result["warmup_s"]})
     return {"benchmark": "throughput", "machine": machine(), "device": args.device, "batch_size": batch_size,
-            "steps": args.steps, "warmup": args.warmup, "peak_tflops": peak, "peak_source": peak_source,
+            "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+            "peak_tflops": peak, "peak_source": peak_source,
             "rows": rows,
             "note": ("each row in a fresh process; peak memory is what the network added to that process: "
                      + ("the CUDA allocator's peak" if on_cuda else
