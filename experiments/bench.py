@@ -131,6 +131,7 @@ def project_fit(net_name: str, data_dir: Path, batch_size: int, steps: int, warm
             f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
             "--trainer.num_sanity_val_steps=0", "--trainer.accelerator=cpu", "--trainer.devices=1",
             f"--trainer.default_root_dir={workdir}", f"--seed_everything={seed}",
+            "--speed=off",  # fp32 and contiguous, as the plain loop: this compares the loops' cost alone
             # The default CSV + TensorBoard loggers, pointed at a temporary folder.
             "--trainer.logger=" + json.dumps([
                 {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": workdir}},
