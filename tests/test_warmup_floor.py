@@ -115,7 +115,7 @@ FULL_LENGTH = [
 ]
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 @pytest.mark.parametrize("names", FULL_LENGTH, ids=lambda names: "+".join(Path(n).stem for n in names))
 def test_full_length_schedules_are_unchanged(names, capsys) -> None:
     """The recipes' measured accuracies were trained on these exact rates: the floor must not touch them."""
@@ -126,7 +126,7 @@ def test_full_length_schedules_are_unchanged(names, capsys) -> None:
     assert "ablate:" not in capsys.readouterr().err, "nothing to say about a full-length run"
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 @pytest.mark.parametrize("batches", [10, 50, 100, 200, 400])
 def test_shortened_one_cycle_warms_up_over_the_floor(batches, capsys) -> None:
     """`--trainer.limit_train_batches N` on quickstart_fast: the warm-up is never steeper than the floor's."""
