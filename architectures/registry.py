@@ -85,6 +85,7 @@ def _name_data_arguments(builder: Callable[..., nn.Module], num_classes: int, in
             for name, default in (("num_classes", num_classes), ("in_chans", in_chans))]
     builder.__signature__ = signature.replace(parameters=[*params[:-1], *data, params[-1]])
 
+
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
     """Registered names matching a shell-style ``pattern`` (and ``family``), sorted."""
     return sorted(

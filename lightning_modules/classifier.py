@@ -604,7 +604,6 @@ class ImageClassifier(pl.LightningModule):
                 max_lr * plan.peak_scale)
         return plan.note
 
-
     def _training_length(self, interval: str, name: str) -> int:
         """Scheduler steps of the whole run: epochs, or optimiser steps, from the trainer."""
         total = self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches
