@@ -193,6 +193,10 @@ class AblateCLI(LightningCLI):
 
             quiet.quiet()
         self._checkpoint = reliability.prepare_run(self.config)
+        if self.config.get("subcommand") == "fit" and self.config.fit.get("ckpt_path"):
+            from lightning_modules import quiet
+
+            quiet.resuming()
 
     def after_instantiate_classes(self) -> None:
         # num_classes/in_chans given but contradicting the data; a checkpoint of another network or

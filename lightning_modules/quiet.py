@@ -65,6 +65,12 @@ def quiet() -> None:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
+def resuming() -> None:
+    """A resumed fit writes into its own checkpoints folder: Lightning's warning that the folder is not
+    empty is then about the run's own files. A fresh fit into a folder that holds files still warns."""
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=UserWarning)
+
+
 @contextlib.contextmanager
 def restored() -> Iterator[None]:
     """Undo whatever ``quiet()`` changed when the block ends: the next run in this process (a

@@ -100,6 +100,7 @@ def test_validate_adds_rows_to_its_run(run: Path, capfd: pytest.CaptureFixture[s
 
     assert _versions() == ["version_0"]
     assert FALSE_WARNING not in printed
+    assert "exists and is not empty" not in printed, "the checkpoints folder holds the resumed run's own files"
     rows = _rows(run / "metrics.csv")
     assert len(rows) == len(before) + 1 and rows[-1].get("val/acc")
 
@@ -122,6 +123,7 @@ def test_resumed_fit_keeps_the_rows_before_its_checkpoint(run: Path, capfd: pyte
 
     assert _versions() == ["version_0"]
     assert FALSE_WARNING not in printed
+    assert "exists and is not empty" not in printed, "the checkpoints folder holds the resumed run's own files"
     rows = _rows(run / "metrics.csv")
     assert [{key: row.get(key, "") for key in before[0]} for row in rows[: len(before)]] == before
     assert {row["epoch"] for row in rows} - {""} == {"0", "1"}  # the learning-rate rows have no epoch
