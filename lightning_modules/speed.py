@@ -2,9 +2,10 @@
 
 A run that leaves ``trainer.precision`` and ``model.channels_last`` unset (null) gets, on start:
 
-    bf16-mixed + channels_last   a CUDA GPU with bf16, or a CPU with native bf16 (AVX-512 BF16, AMX):
-                                 bf16 autocast halves the bytes moved and uses the bf16 dot-product units
-    32-true + channels_last      other x86 CPUs with AVX2/AVX-512: oneDNN's NHWC convolutions are faster
+    bf16-mixed + channels_last   a CUDA GPU with bf16, or a CPU with AMX-BF16: bf16 autocast halves the
+                                 bytes moved and uses the bf16 matrix units
+    32-true + channels_last      other x86 CPUs with AVX2/AVX-512 (AVX-512 BF16 included: bf16 measured
+                                 slower there): oneDNN's NHWC convolutions are faster
     32-true                      anything else (a GPU without bf16, MPS, other CPUs)
 
 A value the user set, in a YAML file or on the command line, is never changed; ``--speed off`` turns
@@ -30,7 +31,7 @@ class Device:
     """What the choice depends on: the device type and, why it matters, its bf16 and NHWC support."""
 
     type: str  # "cpu", "cuda", "mps", ...
-    native_bf16: str | None  # why bf16 is fast here ("CPU has AVX-512 BF16"), None where it is not
+    native_bf16: str | None  # why bf16 is fast here ("CPU has AMX-BF16"), None where it is not
     fast_channels_last: bool  # NHWC convolutions beat NCHW in fp32 (oneDNN on x86)
 
 
@@ -59,10 +60,11 @@ def probe(device_type: str) -> Device:
     if device_type != "cpu":
         return Device(device_type, None, fast_channels_last=False)
     flags = _cpu_flags()
-    # torch's own probe (mkldnn bf16 support) says yes for any AVX-512 CPU, which emulates bf16
-    # slower than fp32; the instruction-set flags say whether it is native.
-    native = ("CPU has AMX-BF16" if "amx_bf16" in flags else
-              "CPU has AVX-512 BF16" if "avx512_bf16" in flags else None)
+    # bf16 pays on CPUs with AMX tiles (oneDNN's bf16 matrix units). AVX-512 BF16 alone does not: on
+    # such a CPU, bf16 autocast trained ResNet-20/110 and All-CNN-C slower than fp32 + channels_last
+    # (docs/benchmarks/speed_auto_cpu.md). torch's own probe (mkldnn bf16 support) says yes for any
+    # AVX-512 CPU, so the instruction-set flags decide.
+    native = "CPU has AMX-BF16" if "amx_bf16" in flags else None
     vector = torch.backends.cpu.get_cpu_capability()
     return Device("cpu", native, fast_channels_last=vector in ("AVX2", "AVX512"))
 
@@ -117,7 +119,7 @@ def resolve(speed: Speed, accelerator: Any, precision: Any, channels_last: bool 
 
 
 def one_line(choice: Choice, precision_set: bool, layout_set: bool) -> str:
-    """``speed: bf16-mixed + channels_last (CPU has AVX-512 BF16); <flags> for fp32``."""
+    """``speed: 32-true + channels_last (CPU without native bf16; ...); <flags> for fp32 contiguous``."""
     shown = choice.precision + (" + channels_last" if choice.channels_last else ", contiguous")
     given = [name for name, given in (("precision", precision_set), ("layout", layout_set)) if given]
     undo = [] if layout_set or not choice.channels_last else ["--model.channels_last false"]
