@@ -26,11 +26,12 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-# CI's second tier, after `make test`: the slow tests that only several processes show (under DDP
-# the failing rank's error line is the last one). The rest of `make test-slow` (every study arm's
-# smoke sweep, torch.compile, the real-CIFAR whitening fit) is for a longer budget.
+# CI's second tier, after `make test`: the slow tests that only separate processes show (under DDP
+# the failing rank's error line is the last one; the README's "Your own ablation" run as written by
+# the console script). The rest of `make test-slow` (every study arm's smoke sweep, torch.compile,
+# the real-CIFAR whitening fit) is for a longer budget.
 test-end-to-end: install
-	$(BIN)/python -m pytest -m slow tests/test_error_lines.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m slow tests/test_error_lines.py tests/test_own_ablation.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
