@@ -7,7 +7,8 @@ libraries' own switches:
 
 - Lightning's loggers go to WARNING. Info lines this repository sends through Lightning's
   ``rank_zero_info`` (weights loaded, predictions written) are still shown: only the info lines from
-  Lightning's own files are dropped.
+  Lightning's own files are dropped, but for the few that follow a run's life (the checkpoint it
+  resumed from, the signals it handled, each DDP process joining its group).
 - Warnings are filtered one by one, by message and module; a warning the user's code or settings
   cause is never filtered.
 
@@ -30,6 +31,16 @@ import pytorch_lightning
 LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
 _LIGHTNING_CODE = tuple(str(Path(package.__file__).parent) + os.sep
                         for package in (pytorch_lightning, lightning_fabric))
+# Lightning's info lines a user needs to follow a run's life: which checkpoint a run resumed from (a
+# SLURM requeue resumes from hpc_ckpt_N.ckpt without being asked), the signals it handled (SIGUSR1:
+# checkpoint and requeue; SIGTERM), and each DDP process joining its group ("MEMBER: 2/8"), which
+# says a cluster job formed the group it asked for. Their files, and the loggers they use.
+_KEPT_INFO_FILES = (
+    *(str(Path(pytorch_lightning.__file__).parent / "trainer" / "connectors" / name)
+      for name in ("checkpoint_connector.py", "signal_connector.py")),
+    str(Path(lightning_fabric.__file__).parent / "utilities" / "distributed.py"),
+)
+KEPT_INFO_LOGGERS = ("pytorch_lightning.trainer.connectors.signal_connector", "lightning_fabric.utilities.distributed")
 
 # (message regex, category, module regex): warnings that come from the libraries, not from anything the
 # user wrote or set.
@@ -43,7 +54,8 @@ class _WithoutLightningInfo(logging.Filter):
     """Drops info (and debug) records logged from Lightning's own files; keeps everyone else's."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.pathname.startswith(_LIGHTNING_CODE)
+        return (record.levelno >= logging.WARNING or not record.pathname.startswith(_LIGHTNING_CODE)
+                or record.pathname in _KEPT_INFO_FILES)
 
 
 _FILTER = _WithoutLightningInfo()
@@ -58,6 +70,8 @@ def quiet() -> None:
     """Hide Lightning's info lines and the known library warnings (until ``restored()`` ends)."""
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in KEPT_INFO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
     shared = _rank_zero_logger()
     shared.setLevel(logging.INFO)  # below its parents' WARNING: our own info lines pass, the filter drops Lightning's
     shared.addFilter(_FILTER)
@@ -75,7 +89,7 @@ def resuming() -> None:
 def restored() -> Iterator[None]:
     """Undo whatever ``quiet()`` changed when the block ends: the next run in this process (a
     notebook, a test) starts from the process's own settings."""
-    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS] + [_rank_zero_logger()]
+    loggers = [logging.getLogger(name) for name in (*LIGHTNING_LOGGERS, *KEPT_INFO_LOGGERS)] + [_rank_zero_logger()]
     levels = [(logger, logger.level) for logger in loggers]
     filtered = _FILTER in _rank_zero_logger().filters  # by an enclosing run's quiet(): left in place
     with warnings.catch_warnings():
