@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,8 @@ def test_ddp_counts_every_eval_image_once(ddp_run) -> None:
     best = next(p for p in (ddp_dir / "checkpoints").glob("epoch*.ckpt"))
     single_cwd = root / "single"
     single_cwd.mkdir()
+    # A copy outside the run folder: tested there, the checkpoint's own run would take the rows.
+    best = Path(shutil.copy2(best, single_cwd / best.name))
     single = run_ablate(
         "test", "--config", str(FAST), "--config", str(PRESETS / "trainer_cpu.yaml"), *QUICK,
         f"--data.data_dir={data}", *SMALL, f"--ckpt_path={best}", cwd=single_cwd, timeout=300,
