@@ -138,9 +138,13 @@ def unified_precision(precision: Any) -> str:
 
 
 def effective_precision(config: dict[str, Any], device: Device | None = None) -> str:
-    """The precision a resolved ``fit`` config trains in on this machine (what ``resolve`` would pick)."""
+    """The precision a resolved ``fit`` config trains in on this machine (what ``resolve`` would pick).
+
+    A config without a ``speed`` key was saved before the automatic setting existed, when an unset
+    precision meant fp32: read as ``off``, so resuming such a run on a bf16 device is refused, not
+    silently continued in bf16."""
     trainer = config.get("trainer") or {}
     model = config.get("model") or {}
-    choice, _ = resolve(config.get("speed") or "auto", trainer.get("accelerator"), trainer.get("precision"),
-                        model.get("channels_last"), device)
+    speed = config["speed"] or "auto" if "speed" in config else "off"
+    choice, _ = resolve(speed, trainer.get("accelerator"), trainer.get("precision"), model.get("channels_last"), device)
     return choice.precision

@@ -185,3 +185,9 @@ def test_the_naive_loop_trains_the_recipe_from_a_dataloader(tmp_path: Path) -> N
     cifar = write_cifar10_pickles(tmp_path, per_batch=60, num_test=40)
     result = bench_time_to_acc.naive_side("lenet5", cifar, epochs=1, target=0.0, seed=0)
     assert result["reached"] and result["epochs"] == 1 and 0.0 <= result["accuracies"][0] <= 1.0
+
+
+def test_a_config_saved_before_the_automatic_setting_trained_in_fp32() -> None:
+    old = {"trainer": {"precision": None}, "model": {"channels_last": False}}  # no `speed` key
+    assert speed.effective_precision(old, device=BF16_GPU) == "32-true"
+    assert speed.effective_precision({**old, "speed": "auto"}, device=BF16_GPU) == "bf16-mixed"
