@@ -123,6 +123,14 @@ def _one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, one_cycle: di
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, total_steps=total_steps, pct_start=pct_start, **settings)
 
 
+def _optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule) -> None:
+    """One optimiser and schedule step, as both hand-written loops take it."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+
+
 def plain_side(network: str, data_dir: Path, epochs: int, target: float, seed: int) -> dict:
     """The recipe by hand: the loop, optimiser, schedule and loss written out in plain PyTorch, in the
     precision and memory layout ``ablate fit`` picks on this CPU."""
@@ -147,10 +155,7 @@ def plain_side(network: str, data_dir: Path, epochs: int, target: float, seed: i
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in choice.precision):
                 logits = net(images.contiguous(memory_format=layout))
                 loss = F.cross_entropy(logits, labels, label_smoothing=r["label_smoothing"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            _optimise(loss, optimizer, schedule)
         if clock.epoch_end(lambda: test_accuracy(net, dm, r["tta_flip"])):
             break
     return clock.result()
@@ -194,10 +199,7 @@ def naive_side(network: str, data_dir: Path, epochs: int, target: float, seed: i
         clock.epoch_start()
         for images, labels in loader:
             loss = F.cross_entropy(net(images), labels, label_smoothing=r["label_smoothing"])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            _optimise(loss, optimizer, schedule)
         if clock.epoch_end(lambda: test_accuracy(net, dm, r["tta_flip"])):
             break
     return clock.result()
