@@ -63,6 +63,30 @@ def test_time_to_accuracy_says_when_the_target_is_not_reached(cifar: Path, capsy
     assert row["epoch_ratio"] == pytest.approx(ours["seconds_per_epoch"] / plain["seconds_per_epoch"])
 
 
+def test_time_to_accuracy_full_schedule_compares_auto_with_fp32(cifar: Path, capsys) -> None:
+    """``--sides ablate,ablate-fp32 --full-schedule``: both sides train every epoch although the target is
+    met after the first, the time to the target is still read off, and the final accuracy is reported."""
+    assert bench.main(["time-to-acc", "--network", "lenet5", "--data-dir", str(cifar), "--target", "0.0",
+                       "--epochs", "2", "--sides", "ablate,ablate-fp32", "--full-schedule", "--format", "json"]) == 0
+    result = _printed_json(capsys)
+    assert set(result["runs"]) == {"ablate", "ablate-fp32"}
+    (row,) = result["rows"]
+    for side in ("ablate", "ablate-fp32"):
+        (run,) = result["runs"][side]
+        assert len(run["accuracies"]) == len(run["train_seconds"]) == 2, "the whole schedule ran"
+        assert row[f"{side}_epochs"] == 1 and row[f"{side}_s"] == pytest.approx(run["train_seconds"][0])
+        assert row[f"{side}_final_acc"] == run["accuracies"][-1]
+    assert row["fp32_over_auto"] == pytest.approx(row["ablate-fp32_s"] / row["ablate_s"])
+    assert "ratio" not in row, "no ratio against a side that did not run"
+
+
+def test_time_to_accuracy_refuses_an_unknown_side(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["time-to-acc", "--sides", "ablate,fp16"])
+    assert exit_info.value.code == 2
+    assert "unknown side fp16; choose from naive, plain, ablate, ablate-fp32" in capsys.readouterr().err
+
+
 def test_time_to_accuracy_schedule_defaults_to_the_preset() -> None:
     """One source for the schedule's length: the preset a user runs with ``ablate fit``."""
     config = yaml.safe_load(bench_time_to_acc.RECIPE.read_text())
