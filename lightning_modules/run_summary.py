@@ -7,7 +7,7 @@ Lightning's own summary lists every submodule of the LightningModule, the metric
 with a FLOPs column that stays 0 unless ``example_input_array`` is set. This one describes the
 network alone; its multiply-adds are counted by ``torch.utils.flop_counter`` (FLOPs / 2, as
 ``ablate zoo`` counts them) on one image of the data's shape, in eval mode. ``--verbose`` adds
-Lightning's full table (experiments/cli.py).
+Lightning's full table (lightning_modules/ablate_cli.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from torch import nn
 from architectures import create_model
 from experiments import cli
 from experiments.analysis import shapes
-from experiments.zoo import multiply_adds
+from experiments.analysis.zoo import multiply_adds
 from tests.conftest import run_ablate
 
 

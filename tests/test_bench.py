@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from datamodules.synthetic import write_cifar10_pickles, write_image_tree
-from experiments import bench, bench_time_to_acc
+from experiments.benchmarks import bench, side_by_side, time_to_acc
 from tests.conftest import write_synthetic_mnist
 
 
@@ -89,16 +89,16 @@ def test_time_to_accuracy_refuses_an_unknown_side(capsys) -> None:
 
 def test_time_to_accuracy_schedule_defaults_to_the_preset() -> None:
     """One source for the schedule's length: the preset a user runs with ``ablate fit``."""
-    config = yaml.safe_load(bench_time_to_acc.RECIPE.read_text())
+    config = yaml.safe_load(time_to_acc.RECIPE.read_text())
     parser = argparse.ArgumentParser()
-    bench_time_to_acc.add_parser(parser.add_subparsers(dest="which"))
+    time_to_acc.add_parser(parser.add_subparsers(dest="which"))
     assert parser.parse_args(["time-to-acc"]).epochs == config["trainer"]["max_epochs"]
 
 
 def test_both_sides_train_the_same_recipe(cifar: Path) -> None:
     """Same seed, batches, augmentation, optimiser, schedule and loss: the same accuracy per epoch."""
-    plain = bench_time_to_acc.plain_side("lenet5", cifar, epochs=2, target=1.01, seed=0)
-    ours = bench_time_to_acc.project_side("lenet5", cifar, epochs=2, target=1.01, seed=0)
+    plain = time_to_acc.plain_side("lenet5", cifar, epochs=2, target=1.01, seed=0)
+    ours = time_to_acc.project_side("lenet5", cifar, epochs=2, target=1.01, seed=0)
     assert plain["accuracies"] == pytest.approx(ours["accuracies"], abs=0.011)
 
 
@@ -120,7 +120,7 @@ def _dies() -> None:
 
 
 def test_sides_run_in_their_own_processes_taking_turns() -> None:
-    runs = bench.interleaved({"a": functools.partial(_whoami, "a"), "b": functools.partial(_whoami, "b")}, 4)
+    runs = side_by_side.interleaved({"a": functools.partial(_whoami, "a"), "b": functools.partial(_whoami, "b")}, 4)
     pids = {side: {pid for _, pid, _ in results} for side, results in runs.items()}
     assert len(pids["a"]) == len(pids["b"]) == 1, "one process per side, kept across repeats"
     assert pids["a"] != pids["b"] and os.getpid() not in pids["a"] | pids["b"]
@@ -147,15 +147,15 @@ def _leaves_a_cycle() -> bool:
 def test_each_side_starts_a_repeat_with_the_last_ones_garbage_collected() -> None:
     # A finished Lightning fit is a reference cycle (trainer, module, data: 240 MB for CIFAR-10);
     # left for the cycle collector, it slowed the next repeat's steps by several percent.
-    runs = bench.interleaved({"a": _leaves_a_cycle}, 3)
+    runs = side_by_side.interleaved({"a": _leaves_a_cycle}, 3)
     assert runs["a"] == [True, True, True]
 
 
 def test_a_side_that_fails_or_dies_stops_the_comparison_with_its_name() -> None:
     with pytest.raises(RuntimeError, match="the b side failed: ValueError: bad side"):
-        bench.interleaved({"a": functools.partial(_whoami, "a"), "b": _fails}, 2)
+        side_by_side.interleaved({"a": functools.partial(_whoami, "a"), "b": _fails}, 2)
     with pytest.raises(RuntimeError, match="the a side's process died \\(exit status 3\\)"):
-        bench.interleaved({"a": _dies, "b": functools.partial(_whoami, "b")}, 2)
+        side_by_side.interleaved({"a": _dies, "b": functools.partial(_whoami, "b")}, 2)
 
 
 def test_overhead_and_throughput_print_their_tables(cifar: Path, capsys) -> None:
@@ -195,7 +195,7 @@ def _killed(job) -> dict:
 
 
 def test_a_network_that_fails_is_a_row_with_its_error() -> None:
-    from experiments.bench_throughput import Job, run_isolated
+    from experiments.benchmarks.throughput import Job, run_isolated
 
     job = Job("lenet5", "fp32", "cpu", batch_size=2, steps=1, warmup=0)
     assert run_isolated(job, _out_of_memory)["error"] == "RuntimeError: out of memory (simulated)"

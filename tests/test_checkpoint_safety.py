@@ -25,7 +25,7 @@ import yaml
 from jsonargparse import Namespace
 
 from datamodules.synthetic import write_cifar10_pickles
-from experiments import sweep
+from experiments.studies import sweep
 from lightning_modules.reliability import prepare_run
 from tests.bad_inputs import MARKER, write_checkpoints
 from tests.conftest import REPO, run_ablate, write_synthetic_mnist
@@ -120,7 +120,7 @@ def test_a_killed_writer_never_leaves_a_torn_result(tmp_path: Path) -> None:
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from experiments.sweep import write_json_atomic
+        from experiments.studies.sweep import write_json_atomic
         target, index = Path(sys.argv[1]), 0
         while True:
             index += 1

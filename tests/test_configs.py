@@ -13,7 +13,7 @@ import yaml
 
 from architectures import count_params
 from experiments.cli import run_lightning_cli
-from experiments.study import list_studies, load_study
+from experiments.studies.study import list_studies, load_study
 from tests.conftest import REPO
 
 EXPERIMENTS = REPO / "experiments"

@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from experiments import cli
-from experiments.error_lines import os_error_message
-from experiments.study import StudyError, load_study
+from experiments.cli.error_lines import os_error_message
+from experiments.studies.study import StudyError, load_study
 from lightning_modules.config_files import ConfigFileError, check_yaml_text, expanded_size
 from lightning_modules.output_folders import why_unwritable
 from lightning_modules.transfer import read_state_dict

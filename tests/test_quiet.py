@@ -47,7 +47,7 @@ def _printed(capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> 
 def test_a_run_prints_its_folder_and_network_and_the_users_warnings(synthetic_mnist: Path, tmp_path: Path,
                                                                     monkeypatch, capfd, caplog, recwarn) -> None:
     from architectures import count_params, create_model
-    from experiments.zoo import multiply_adds
+    from experiments.analysis.zoo import multiply_adds
 
     monkeypatch.chdir(tmp_path)
     _fit(synthetic_mnist, "--test_after_fit=true")

@@ -317,8 +317,8 @@ def test_ckpt_path_last_finds_the_newest_version_with_a_last_checkpoint(tmp_path
 def test_the_sweep_resumes_a_run_stopped_by_a_signal_later(code: int, tmp_path: Path, monkeypatch) -> None:
     """`ablate fit` stopped by SIGTERM exits 143 (SIGUSR1: 138, Ctrl-C: 130): no result is recorded,
     so the next `ablate sweep` runs it again from its last.ckpt."""
-    from experiments import sweep
-    from experiments.study import load_study
+    from experiments.studies import sweep
+    from experiments.studies.study import load_study
 
     (run,) = sweep.plan(load_study("resnet_depth"), "smoke", 1, tmp_path, only=["resnet20"])
     monkeypatch.setattr(sweep, "command", lambda run, extra: [sys.executable, "-c", f"raise SystemExit({code})"])

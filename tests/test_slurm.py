@@ -17,8 +17,8 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
 
-from experiments import slurm, sweep
-from experiments.study import load_study
+from experiments.studies import slurm, sweep
+from experiments.studies.study import load_study
 from tests.conftest import REPO, write_synthetic_mnist
 
 PRESETS = REPO / "experiments" / "presets"

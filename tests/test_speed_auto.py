@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from experiments import bench, bench_time_to_acc
+from experiments.benchmarks import bench, time_to_acc
 from experiments.cli import main, run_lightning_cli
-from experiments.fingerprint import REPO, Fingerprint, resolve_fit_config
+from experiments.studies.fingerprint import REPO, Fingerprint, resolve_fit_config
 from lightning_modules import speed
 from tests.conftest import write_synthetic_mnist
 
@@ -183,7 +183,7 @@ def test_the_naive_loop_trains_the_recipe_from_a_dataloader(tmp_path: Path) -> N
     from datamodules.synthetic import write_cifar10_pickles
 
     cifar = write_cifar10_pickles(tmp_path, per_batch=60, num_test=40)
-    result = bench_time_to_acc.naive_side("lenet5", cifar, epochs=1, target=0.0, seed=0)
+    result = time_to_acc.naive_side("lenet5", cifar, epochs=1, target=0.0, seed=0)
     assert result["reached"] and result["epochs"] == 1 and 0.0 <= result["accuracies"][0] <= 1.0
 
 

@@ -3,7 +3,7 @@
 Each study's ``study.yaml`` names the keys its table varies (``varies``) and its reference arm; an arm
 that changes more declares each extra key with its source (``differs``: the paper's section, the
 authors' released code). The arms are resolved exactly as ``ablate sweep`` resolves them (base, arm,
-the tier's per-run config) and compared on what decides a result (``experiments.fingerprint``).
+the tier's per-run config) and compared on what decides a result (``experiments.studies.fingerprint``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.fingerprint import resolve_fit_config, result_config
-from experiments.study import TIERS, list_studies, load_study
-from experiments.sweep import fit_args, plan, run_config
+from experiments.studies.fingerprint import resolve_fit_config, result_config
+from experiments.studies.study import TIERS, list_studies, load_study
+from experiments.studies.sweep import fit_args, plan, run_config
 
 
 def _resolved(run) -> dict:
@@ -53,7 +53,7 @@ def test_a_hidden_difference_is_caught(tmp_path: Path) -> None:
     """The check itself fails on an arm that changes a key its table does not vary."""
     import shutil
 
-    from experiments.study import STUDIES_DIR
+    from experiments.studies.study import STUDIES_DIR
 
     root = tmp_path / "resnet_shortcuts"
     shutil.copytree(STUDIES_DIR / "resnet_shortcuts", root)

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from datamodules.synthetic import write_cifar10_pickles
-from experiments import report as report_module
-from experiments.study import StudyError, list_studies, load_study
-from experiments.sweep import command, plan, sweep_lock
+from experiments.studies import report as report_module
+from experiments.studies.study import StudyError, list_studies, load_study
+from experiments.studies.sweep import command, plan, sweep_lock
 from tests.conftest import REPO, run_ablate
 
 # One representative arm per study for the default suite (each run is a separate process);

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from experiments import sweep
-from experiments.study import load_study
+from experiments.studies import sweep
+from experiments.studies.study import load_study
 from lightning_modules.loggers import _wandb_records, read_wandb_run
 from tests.conftest import QUICK, REPO, run_ablate
 

@@ -3,7 +3,7 @@
 A *run* is a directory written by ``ablate fit`` (``runs/<name>/version_N/`` or a sweep's
 ``runs/<study>/<tier>/<arm>/seed_K/``) holding the resolved ``config.yaml`` and ``checkpoints/``.
 It is rebuilt the way it was trained: the config goes through the same LightningCLI parser as
-``ablate fit`` (``experiments.cli.run_lightning_cli(..., run=False)``), then the checkpoint's
+``ablate fit`` (``lightning_modules.ablate_cli.run_lightning_cli(..., run=False)``), then the checkpoint's
 ``state_dict`` is loaded with ``torch.load(weights_only=True)``: no pickled code runs, only
 tensors and primitive values are read (Lightning checkpoints of this project hold nothing else).
 """
@@ -15,7 +15,6 @@ import contextlib
 import csv
 import io
 import json
-import logging
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from experiments.cli import FINAL_CHECKPOINT
+from lightning_modules.ablate_cli import FINAL_CHECKPOINT, run_lightning_cli
 from lightning_modules.files import open_atomic, write_text_atomic
 
 # Top-level keys of a saved config that the model/data parser knows; `ablate fit` also saves
@@ -43,7 +42,6 @@ TRAINER_OVERRIDES = (
     "--trainer.precision=32-true",
     "--trainer.enable_progress_bar=false",
 )
-LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
 
 
 @dataclass
@@ -159,24 +157,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                          f"{str(error).splitlines()[0]})") from error
 
 
-@contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's info lines (seed, accelerator, tips) while the CLI builds a trainer."""
-    levels = {name: logging.getLogger(name).level for name in LIGHTNING_LOGGERS}
-    for name in LIGHTNING_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
 def build_from_config(config: Path, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
     """``(ImageClassifier, data module)`` from a saved ``config.yaml``, as ``ablate fit`` built them."""
     import yaml
-
-    from experiments.cli import run_lightning_cli
 
     saved = yaml.safe_load(config.read_text()) or {}
     kept = {key: value for key, value in saved.items() if key in CONFIG_KEYS}
@@ -184,7 +167,8 @@ def build_from_config(config: Path, overrides: Sequence[str] = ()) -> tuple[Any,
     stderr = io.StringIO()
     try:
         # argv cleared: LightningCLI warns when it gets ``args`` while sys.argv holds the tool's own.
-        with quiet_lightning(), contextlib.redirect_stderr(stderr), mock.patch.object(sys, "argv", sys.argv[:1]):
+        # Lightning's info lines (seed, accelerator, tips) are hidden by the CLI itself (lightning_modules/quiet.py).
+        with contextlib.redirect_stderr(stderr), mock.patch.object(sys, "argv", sys.argv[:1]):
             cli = run_lightning_cli(args, run=False)
     except SystemExit as error:  # jsonargparse prints usage and exits on a bad config
         lines = [line for line in stderr.getvalue().splitlines() if line.strip()]

@@ -39,7 +39,7 @@ _HELD = []  # the open lock file of `{locked}`: held as long as the test process
 def write_inputs(root: Path) -> dict[str, Path]:
     """Create the inputs this family's cases name under ``root``; returns ``{placeholder: path}``."""
     from architectures import create_model
-    from experiments.fingerprint import resolve_fit_config
+    from experiments.studies.fingerprint import resolve_fit_config
     from lightning_modules.classifier import ImageClassifier
     from lightning_modules.run_lock import LOCK_FILE
 

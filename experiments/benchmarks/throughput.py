@@ -205,8 +205,8 @@ def device_peak_tflops(device: str, given: float | None) -> tuple[float | None, 
 
 def bench_throughput(args: argparse.Namespace) -> dict:
     from architectures import list_models, model_info
-    from experiments.bench import machine
-    from experiments.zoo import multiply_adds
+    from experiments.analysis.zoo import multiply_adds
+    from experiments.benchmarks.side_by_side import machine
 
     on_cuda = args.device.startswith("cuda")
     variants = args.variants.split(",") if args.variants else (list(VARIANTS) if on_cuda else ["fp32"])

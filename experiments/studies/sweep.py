@@ -6,7 +6,7 @@
 
 Each run is a separate ``ablate fit ... --test_after_fit true`` process (a crash or a NaN in one
 arm cannot take the sweep down) writing ``<out>/<study>/<tier>/<arm>/seed_<k>/``: the resolved
-``config.yaml``, ``fingerprint.json`` (what decides the result, ``experiments/fingerprint.py``),
+``config.yaml``, ``fingerprint.json`` (what decides the result, ``experiments/studies/fingerprint.py``),
 ``metrics.csv``, checkpoints, its stdout/stderr, ``git.txt``, ``test_results.json`` (the final
 model and the best checkpoint, both tested) and, only once the test pass has finished,
 ``result.json``. Before anything trains, every planned run is compared with what its folder holds:
@@ -46,12 +46,12 @@ from typing import Any
 
 import yaml
 
-from experiments.cli import EXIT_SETUP_ERROR, TEST_RESULTS
-from experiments.fingerprint import Fingerprint, resolve_fit_config
-from experiments.study import TIERS, Arm, Study, StudyError, grid_label, load_study, select_arms
+from experiments.studies.fingerprint import Fingerprint, resolve_fit_config
+from experiments.studies.study import TIERS, Arm, Study, StudyError, grid_label, load_study, select_arms
+from lightning_modules.ablate_cli import EXIT_SETUP_ERROR, TEST_RESULTS
 from lightning_modules.files import write_json_atomic, write_text_atomic
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = "runs"
 # Keys copied from a run's metrics.csv into its result record (the test metrics come from test_results.json):
 # the last validation accuracy (the final model's, what a grid point is chosen on) and the best one.

@@ -19,8 +19,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.study import TIERS, Study, StudyError, load_study
-from experiments.sweep import DEFAULT_OUT, CorruptResult, read_result
+from experiments.studies.study import TIERS, Study, StudyError, load_study
+from experiments.studies.sweep import DEFAULT_OUT, CorruptResult, read_result
 from lightning_modules.files import open_atomic, write_json_atomic, write_text_atomic
 
 

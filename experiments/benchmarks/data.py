@@ -42,8 +42,8 @@ Usage::
 
     ablate bench data                                   # all three, real data from ../shared/data
     ablate bench data --datasets folder --num-workers 4 --batches 100
-    python -m experiments.bench_data --data-dir ../shared/data/cifar10-jpeg --presets standard,autoaugment
-    python -m experiments.bench_data --datasets mnist,cifar --steps 5 --json bench.json
+    python -m experiments.benchmarks.data --data-dir ../shared/data/cifar10-jpeg --presets standard,autoaugment
+    python -m experiments.benchmarks.data --datasets mnist,cifar --steps 5 --json bench.json
 
 Missing data is replaced by small synthetic sets in the real formats, written to a temporary
 folder and labelled ``synthetic`` in the output: MNIST IDX files, CIFAR-10 pickle batches, and a
@@ -74,7 +74,7 @@ from datamodules.synthetic import write_cifar10_pickles, write_image_tree, write
 from datamodules.whitening import GCNZCAWhitener
 from lightning_modules.files import write_text_atomic
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 DEFAULT_DATA = SHARED_DATA / "cifar10-jpeg"
 DATASETS = ("mnist", "cifar", "folder")
 TITLES = {"mnist": "MNIST", "cifar": "CIFAR-10", "folder": "JPEG folder"}

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import torchvision
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "experiments" / "fast_cifar10.yaml"
 
 
@@ -220,7 +220,7 @@ def project_side(network: str, data_dir: Path, epochs: int, target: float, seed:
     then ``overrides`` (command-line arguments, e.g. the fp32 contiguous setting auto replaces)."""
     import pytorch_lightning as pl
 
-    from experiments.cli import run_lightning_cli
+    from lightning_modules.ablate_cli import run_lightning_cli
 
     r = recipe()
     clock = _Clock(target, stop_at_target)
@@ -255,7 +255,7 @@ def project_side(network: str, data_dir: Path, epochs: int, target: float, seed:
 
 
 def bench_time_to_acc(args: argparse.Namespace) -> dict:
-    from experiments.bench import REAL_CIFAR, interleaved, machine
+    from experiments.benchmarks.side_by_side import REAL_CIFAR, interleaved, machine
     from lightning_modules import speed
 
     data_dir = args.data_dir or REAL_CIFAR

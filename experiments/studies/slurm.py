@@ -43,8 +43,8 @@ from pathlib import Path
 
 import yaml
 
-from experiments import sweep
-from experiments.study import TIERS, StudyError, load_study
+from experiments.studies import sweep
+from experiments.studies.study import TIERS, StudyError, load_study
 
 DEFAULT_OUTPUT = "runs/slurm"
 # Seconds before the time limit at which SLURM sends SIGUSR1: enough to write a checkpoint.
@@ -305,7 +305,7 @@ def render(args: argparse.Namespace, workdir: Path) -> tuple[str, Resources]:
     else:
         default_name = Path(args.config[-1]).stem
         for config in reversed(args.config):  # a trainer or logger preset names no experiment
-            if Path(config).resolve().parent != Path(__file__).parent / "presets":
+            if Path(config).resolve().parent != Path(__file__).parents[1] / "presets":
                 default_name = Path(config).stem
                 break
     resources = Resources(

@@ -1,32 +1,28 @@
-"""``ablate``: LightningCLI's fit/validate/test/predict plus the experiment tools.
-
-    ablate fit --config experiments/quickstart.yaml
-    ablate test --config experiments/quickstart.yaml --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt
-    ablate zoo --format md
+"""``AblateCLI``: LightningCLI as every ``ablate`` run builds it, and the files and exit statuses of a run.
 
 The data module's ``num_classes`` and ``in_chans`` are linked into the network, so no config
 states them twice. Defaults (loggers, checkpointing, progress bar) live in
 ``experiments/presets/defaults.yaml`` so ``--print_config`` shows a complete, re-runnable config.
+``run_lightning_cli`` builds it for the ``ablate`` command (experiments/cli) and for whatever must see
+a run exactly as ``ablate fit`` builds it: a study resolving its runs' configs, the benchmarks, the
+analysis tools rebuilding a trained run.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextvars
 import os
-import sys
-import traceback
 import weakref
 from pathlib import Path
 from typing import Any, Literal
 
-from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lightning_modules.files import write_json_atomic
 from lightning_modules.reliability import _say, last_checkpoint_path
 
-PRESETS = Path(__file__).parent / "presets"
+# The presets users name on the command line; defaults.yaml is the one every run starts from.
+PRESETS = Path(__file__).parent.parent / "experiments" / "presets"
 # Written by `fit --test_after_fit` into the run folder: {"final"|"best": {"metrics": {...}, ...}}.
 TEST_RESULTS = "test_results.json"
 # The weights at the end of training, saved beside last.ckpt by `fit --test_after_fit` when it tests them.
@@ -38,44 +34,20 @@ EXIT_SETUP_ERROR = 2
 # jsonargparse's notices about its own API, which Lightning calls, mean nothing to our users.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
-# Tools beside LightningCLI's subcommands: name -> "module:function" taking argv.
-TOOLS: dict[str, str] = {
-    "zoo": "experiments.zoo:main",
-    "sweep": "experiments.sweep:main",
-    "report": "experiments.report:main",
-    "slurm": "experiments.slurm:main",
-    "bench": "experiments.bench:main",
-    "landscape": "experiments.analysis.landscape:main",
-    "lesion": "experiments.analysis.lesion:main",
-    "shapes": "experiments.analysis.shapes:main",
-    "visualize": "experiments.analysis.visualize:main",
-    "cache": "experiments.cache_tool:main",
-}
-
-# What `ablate --help` says of each tool, after Lightning's four subcommands (one line each; the
-# modules are not imported for it: `--help` stays fast).
-TOOL_SUMMARIES: dict[str, str] = {
-    "zoo": "the registered networks: parameters and multiply-adds, against the papers' counts",
-    "sweep": "run every arm x seed of a study (experiments/studies/<name>), each in its own folder",
-    "report": "a study's numbers next to the paper's, as Markdown, CSV and PNG (and W&B)",
-    "slurm": "an sbatch script for one config, or a job array for a whole study",
-    "bench": "what the template costs against plain PyTorch, measured side by side",
-    "landscape": "the loss surface around a run's trained weights (Li et al. 2018)",
-    "lesion": "delete residual units of a trained run at test time (Veit et al. 2016)",
-    "shapes": "per layer: output shape, receptive field, parameters and multiply-adds",
-    "visualize": "first-layer filters and class activation maps of a trained run",
-    "cache": "the decode cache's folder, entries and sizes; --clear empties it",
-}
-
-
-def _tools_epilog() -> str:
-    width = max(len(name) for name in TOOL_SUMMARIES)
-    lines = [f"  {name:<{width}}  {summary}" for name, summary in TOOL_SUMMARIES.items()]
-    return "experiment tools (`ablate <tool> --help` for each):\n" + "\n".join(lines)
-
-
-# The trainer of the run in progress in this process (see ``_classify``).
+# The trainer of the run in progress in this process: the `ablate` command's exit status depends on
+# whether it had taken a step when an error came (experiments/cli).
 _RUN: dict[str, Any] = {}
+
+
+def running_trainer() -> Any:
+    """The trainer of the run this process built last, while it is alive; None otherwise."""
+    ref = _RUN.get("trainer")
+    return ref() if ref is not None else None
+
+
+def forget_run() -> None:
+    """Forget the run in progress: the ``ablate`` command calls it when a run ends."""
+    _RUN.clear()
 
 
 class AblateCLI(LightningCLI):
@@ -303,20 +275,16 @@ def _align_logger_versions(loggers: list) -> None:
             logger._version = version
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """jsonargparse's help, with the epilog's lines kept as written (the tools' table)."""
+def run_lightning_cli(
+    args: list[str] | None = None, run: bool = True, main_parser: dict[str, Any] | None = None
+) -> AblateCLI:
+    """Parse ``args`` (None: ``sys.argv``) into an ``AblateCLI``; with ``run``, run the subcommand they name.
 
-
-# `ablate --help`: the description and the tools after Lightning's subcommands.
-_MAIN_PARSER = {
-    "description": "Train, evaluate and compare CNN ablations: Lightning's fit/validate/test/predict,\n"
-    "and the experiment tools listed below.",
-    "epilog": _tools_epilog(),
-    "formatter_class": _HelpFormatter,
-}
-
-
-def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> AblateCLI:
+    Args:
+        args: The command line after ``ablate``.
+        run: False: no subcommand; the config's model, data and trainer are built and not run.
+        main_parser: Keyword arguments of the top parser with ``run`` (the ``ablate --help`` text).
+    """
     # Deferred so `ablate zoo` and `--help` of the tools do not pay for Lightning's import.
     from lightning_modules.classifier import ImageClassifier
     from lightning_modules.loggers import SaveConfigToWandb  # config.yaml, plus the W&B run config once
@@ -334,7 +302,7 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Ablate
         subclass_mode_model=False,
         subclass_mode_data=True,
         parser_kwargs=(
-            {**{command: defaults for command in ("fit", "validate", "test", "predict")}, **_MAIN_PARSER}
+            {**{command: defaults for command in ("fit", "validate", "test", "predict")}, **(main_parser or {})}
             if run else defaults
         ),
         save_config_callback=SaveConfigToWandb,
@@ -342,142 +310,3 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Ablate
         args=args,
         run=run,
     )
-
-
-def _classify(error: BaseException) -> int:
-    """The exit status of an error: a failure of training, or a run that could not start.
-
-    Divergence is always a training outcome. Configuration, data and checkpoint errors never are,
-    wherever they surface (a corrupt image can be met mid-epoch). Anything else counts as a training
-    failure once an optimiser step has been taken, and as a setup error before.
-    """
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
-
-    from datamodules.base import DataFormatError, DataNotFoundError
-    from experiments.study import StudyError
-    from lightning_modules.classifier import NonFiniteLossError
-    from lightning_modules.reliability import CheckpointError, ConfigError
-
-    if isinstance(error, NonFiniteLossError):
-        return EXIT_TRAINING_FAILED
-    if isinstance(error, (DataNotFoundError, DataFormatError, ConfigError, CheckpointError, StudyError,
-                          MisconfigurationException)):
-        return EXIT_SETUP_ERROR
-    trainer = _RUN["trainer"]() if "trainer" in _RUN else None
-    return EXIT_TRAINING_FAILED if trainer is not None and trainer.global_step > 0 else EXIT_SETUP_ERROR
-
-
-def _run_tool(name: str, argv: list[str]) -> int:
-    import importlib
-
-    module_name, function = TOOLS[name].split(":")
-    return int(getattr(importlib.import_module(module_name), function)(argv) or 0)
-
-
-# Errors that are the user's to fix: print their message alone, no traceback. Any other type is a
-# bug, whose report needs the traceback; its last line is still the one-line `ablate: error:`.
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from lightning_fabric.utilities.exceptions import MisconfigurationException  # Lightning's "bad setting"
-
-    from lightning_modules.classifier import NonFiniteLossError
-
-    # ValueError covers ConfigError, CheckpointError, StudyError, DataFormatError; OSError covers
-    # FileNotFoundError, DataNotFoundError, a path that cannot be written, a full disk.
-    return (ValueError, KeyError, TypeError, OSError, NonFiniteLossError, MisconfigurationException)
-
-
-def _is_user_error(error: BaseException) -> bool:
-    if isinstance(error, _user_error_types()):
-        return True
-    # A package a chosen setting needs and this environment lacks (`--trainer.accelerator tpu` wants
-    # torch_xla; Lightning raises it without a module name): the user's to install. A module of this
-    # repository that fails to import is a bug.
-    missing = getattr(error, "name", None) or ""
-    return isinstance(error, ImportError) and missing.split(".")[0] not in _OWN_PACKAGES
-
-
-_OWN_PACKAGES = ("architectures", "datamodules", "experiments", "lightning_modules", "tests")
-
-
-def _one_line(error: BaseException, peer_failed: bool) -> str:
-    """``<Type>: <message>`` on one line, naming what to fix."""
-    from experiments.error_lines import os_error_message
-    from lightning_modules.reliability import condense_parser_error
-
-    if isinstance(error, KeyError) and error.args:
-        message = str(error.args[0])
-    elif isinstance(error, OSError):
-        message = os_error_message(error)
-    else:
-        message = str(error)
-    if "\n" in message.strip():  # jsonargparse's and Lightning's multi-line messages
-        message = condense_parser_error(message)
-    message = message.strip() or "(no message; run with ABLATE_DEBUG=1 for the traceback)"
-    if peer_failed:  # this rank only lost its peer: say so, not gloo's file and line
-        rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "?"
-        message = (f"rank {rank} lost another process of this DDP run, which ended first ({message[:160]}); "
-                   "its own error, if it printed one, is above")
-    return f"{type(error).__name__}: {message}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ablate`` console script; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # The user's own modules (`--model.network.class_path my_ablation.MyNet`) import from the working
-    # directory, as under `python -m`: a console script has only its bin folder on sys.path. Other
-    # import roots go on PYTHONPATH. DDP's children re-run this script in the same folder, and
-    # spawned workers inherit sys.path, so they import them too.
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    # A W&B service inherited from whatever started this process (a notebook, a test runner, a script
-    # that itself uses wandb) would own this run's W&B files and may stop before flushing them.
-    os.environ.pop("WANDB_SERVICE", None)
-    try:
-        if argv and argv[0] in TOOLS:
-            from experiments.error_lines import one_line_usage_errors
-
-            with one_line_usage_errors():
-                return _run_tool(argv[0], argv[1:])
-        # LightningCLI reads sys.argv itself when args is None (and warns when given both).
-        run_lightning_cli(None if argv == sys.argv[1:] else argv)
-        return 0
-    except KeyboardInterrupt:
-        print("ablate: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `ablate zoo | head`: the reader left; stop quietly (Python's documented recipe)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except SystemExit as stop:  # Reliability (issue #8): a SIGTERM stop must not exit 0 like a finished run
-        from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-        if not isinstance(stop, SIGTERMException):
-            raise
-        if stop.code is None:
-            print("ablate: interrupted by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
-        return int(stop.code or 143)
-    except Exception as error:  # noqa: BLE001 - the one place that turns errors into an exit status
-        from experiments import error_lines
-
-        # The last line printed is this error's, in one line (README, "Reliability"): under DDP the
-        # other ranks of this machine are stopped first, or, when one of them failed first and said
-        # so, this rank prints nothing over its line.
-        peer_failed = error_lines.is_peer_failure(error)
-        children = error_lines.other_ranks(_RUN["trainer"]() if "trainer" in _RUN else None)
-        if children:
-            reported = error_lines.end_other_ranks(children, peer_failed)
-            if reported is not None:
-                return reported
-        if os.environ.get("ABLATE_DEBUG") or not (peer_failed or _is_user_error(error)):
-            traceback.print_exc()
-        print(f"ablate: error: {_one_line(error, peer_failed)}", file=sys.stderr)
-        return _classify(error)
-    finally:
-        _RUN.clear()
-
-
-def console_main() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    console_main()

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-STUDIES_DIR = Path(__file__).parent / "studies"
+STUDIES_DIR = Path(__file__).parent
 TIERS = ("full", "short", "smoke")
 
 

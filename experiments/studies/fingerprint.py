@@ -35,10 +35,10 @@ import yaml
 from lightning_modules.files import write_json_atomic
 from lightning_modules.speed import effective_precision
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FILE = "fingerprint.json"
 # The code that builds, feeds and trains a network; changing any of it may change a result.
-CODE = ("architectures", "datamodules", "lightning_modules", "experiments/cli.py")
+CODE = ("architectures", "datamodules", "lightning_modules")
 LIBRARIES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics")
 
 # Flattened keys (and everything below them) that decide where or how a run happens, not its result.
@@ -193,8 +193,8 @@ def resolve_fit_config(args: list[str]) -> dict[str, Any]:
     Raises:
         StudyError: the arguments do not parse (the parser's last line says why).
     """
-    from experiments.cli import run_lightning_cli
-    from experiments.study import StudyError
+    from experiments.studies.study import StudyError
+    from lightning_modules.ablate_cli import run_lightning_cli
 
     out, err = io.StringIO(), io.StringIO()
     try:
