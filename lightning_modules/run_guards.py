@@ -149,14 +149,14 @@ def saved_configs(run_folder: Path | None, ckpt_path: str) -> list[Path]:
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The result-deciding keys (``experiments.studies.fingerprint.result_config``) whose values differ.
+    """The result-deciding keys (``lightning_modules.result_config``) whose values differ.
 
     Where and how a run happens (devices, data location, workers, loggers, bookkeeping callbacks)
     may change on resume. A key present on one side only is left out unless it names a callback
     that changes training: a parameter added to the code since the run started is not a change of
     the run. The length (``LENGTH``) may change when no learning-rate schedule is configured.
     """
-    from experiments.studies.fingerprint import result_config
+    from lightning_modules.result_config import result_config
 
     old, new = result_config(saved), result_config(current)
     scheduled = _get(current, "model", "lr_scheduler") is not None
