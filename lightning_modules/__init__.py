@@ -7,7 +7,19 @@ Its training-recipe parts live beside it and are named by their full path in con
 notebook: ``lightning_modules.inference`` (``load_model``).
 """
 
+import sys
+from types import ModuleType
+
 from lightning_modules.classifier import ImageClassifier, NonFiniteLossError
+from lightning_modules.exact_resume import ExactResume
 from lightning_modules.inference import Prediction, Predictor, load_model
+from lightning_modules.preemption import CheckpointOnSignal
 
 __all__ = ["ImageClassifier", "NonFiniteLossError", "Prediction", "Predictor", "load_model"]
+
+# Runs saved before these two callbacks had files of their own name them in their config.yaml as
+# `lightning_modules.reliability.<Class>`. That path keeps resolving: otherwise `--config <run>/config.yaml`
+# fails, and a resume counts the unknown callback as a changed setting and is refused.
+_old_path = ModuleType("lightning_modules.reliability", "Old class paths of ExactResume and CheckpointOnSignal.")
+_old_path.ExactResume, _old_path.CheckpointOnSignal = ExactResume, CheckpointOnSignal
+sys.modules.setdefault(_old_path.__name__, _old_path)

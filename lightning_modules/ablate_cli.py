@@ -19,7 +19,8 @@ from typing import Any, Literal
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lightning_modules.files import write_json_atomic
-from lightning_modules.reliability import _say, last_checkpoint_path
+from lightning_modules.preemption import last_checkpoint_path
+from lightning_modules.quiet import say
 
 # The presets users name on the command line; defaults.yaml is the one every run starts from.
 PRESETS = Path(__file__).parent.parent / "experiments" / "presets"
@@ -152,19 +153,19 @@ class AblateCLI(LightningCLI):
         if line and rank_zero_only.rank == 0:  # one line per run, not one per DDP process
             print(line, flush=True)
 
-    # --- Reliability (issue #8; lightning_modules/reliability.py, README "Reliability") ---------
+    # --- Reliability (lightning_modules/run_preparation.py, README "Reliability") ---------------
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         # Before Lightning reads the checkpoint's hyper-parameters: weights_only defaults to True,
         # `--ckpt_path last` finds the newest last.ckpt (and fit logs into its version_N), the
         # checkpoint is loaded safely, and a missing data module or a learning rate of 0 is refused.
-        from lightning_modules import reliability
+        from lightning_modules import run_preparation
 
         super().parse_arguments(parser, args)
         if not self._verbose():
             from lightning_modules import quiet
 
             quiet.quiet()
-        self._checkpoint = reliability.prepare_run(self.config)
+        self._checkpoint = run_preparation.prepare_run(self.config)
         if self.config.get("subcommand") == "fit" and self.config.fit.get("ckpt_path"):
             from lightning_modules import quiet
 
@@ -174,9 +175,9 @@ class AblateCLI(LightningCLI):
         # num_classes/in_chans given but contradicting the data; a checkpoint of another network or
         # of a diverged run; evaluation without trained weights; a resume with changed settings.
         # Then the run folder is locked: one process per run folder, until the run ends.
-        from lightning_modules import reliability
+        from lightning_modules import run_preparation
 
-        self._run_folder = reliability.check_run(self, getattr(self, "_checkpoint", None))
+        self._run_folder = run_preparation.check_run(self, getattr(self, "_checkpoint", None))
         self._checkpoint = None  # not kept in memory through training
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -206,7 +207,7 @@ class AblateCLI(LightningCLI):
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None and callback.best_model_path else None
         if best is None and which == "best":
-            _say("ablate: no best checkpoint (no validation ran); testing the final weights")
+            say("ablate: no best checkpoint (no validation ran); testing the final weights")
         results: dict[str, dict | None] = {}
         final = None
         if which in ("final", "both") or best is None:
@@ -288,7 +289,7 @@ def run_lightning_cli(
     # Deferred so `ablate zoo` and `--help` of the tools do not pay for Lightning's import.
     from lightning_modules.classifier import ImageClassifier
     from lightning_modules.loggers import SaveConfigToWandb  # config.yaml, plus the W&B run config once
-    from lightning_modules.reliability import ConfigErrorParser  # parse errors end with one line (issue #8)
+    from lightning_modules.config_parser import ConfigErrorParser  # parse errors end with one line
 
     defaults = {"default_config_files": [str(PRESETS / "defaults.yaml")]}
     # In a context of its own: jsonargparse leaves its last sub-parser in a ContextVar it never

@@ -20,6 +20,7 @@ from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from lightning_modules.errors import CheckpointError
 from lightning_modules.files import SaveError, open_atomic, remove_stale_temporaries
 
 
@@ -45,8 +46,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local_file_protocol(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        from lightning_modules.reliability import CheckpointError
-
         path = Path(path)
         if self.refuse_non_finite:
             _refuse_non_finite(checkpoint, path)
@@ -68,7 +67,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def _refuse_non_finite(checkpoint: dict[str, Any], path: Path) -> None:
     from lightning_modules.divergence import DivergenceError, last_good_checkpoint, non_finite_tensors
-    from lightning_modules.reliability import LAST
+    from lightning_modules.run_folders import LAST
 
     bad = non_finite_tensors(checkpoint.get("state_dict") or {})
     if bad:

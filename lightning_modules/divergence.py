@@ -57,11 +57,11 @@ def last_good_checkpoint(trainer: pl.Trainer | None, candidates: Sequence[Path] 
     The newest of ``last.ckpt``, the checkpoint callbacks' files and the one this run resumed from:
     nothing non-finite is ever written (this module), so the newest is the last good one.
     """
-    from lightning_modules.reliability import LAST
+    from lightning_modules.run_folders import LAST
 
     candidates = list(candidates)
     if trainer is not None:
-        # Not reliability.last_checkpoint_path: without a checkpoint folder it asks trainer.log_dir,
+        # Not preemption.last_checkpoint_path: without a checkpoint folder it asks trainer.log_dir,
         # a broadcast, and under DDP a loss can turn NaN in one process alone.
         for callback in trainer.checkpoint_callbacks:
             folder = [Path(callback.dirpath) / LAST] if callback.dirpath else []

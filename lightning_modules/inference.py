@@ -28,7 +28,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lightning_modules.reliability import LAST, CheckpointError, load_checkpoint
+from lightning_modules.checkpoint_loading import load_checkpoint
+from lightning_modules.errors import CheckpointError
+from lightning_modules.run_folders import LAST
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -104,7 +106,7 @@ def checkpoint_entry(module: ImageClassifier) -> dict[str, Any]:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``reliability.load_checkpoint`` (``weights_only=True``), after a look at the first bytes: a file
+    """``checkpoint_loading.load_checkpoint`` (``weights_only=True``), after a look at the first bytes: a file
     that is no PyTorch file at all is said to be one, not taken for a pickle with unsafe objects."""
     path = Path(path)
     if path.is_file():

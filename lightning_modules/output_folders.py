@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.errors import ConfigError
+
 # One file or folder name, and a whole path, in bytes (Linux's NAME_MAX and PATH_MAX).
 _NAME_MAX = 255
 _PATH_MAX = 4096
@@ -81,8 +83,6 @@ def _short(text: str) -> str:
 
 def check_output_folders(run: Any) -> None:
     """Raise ``ConfigError`` for the first folder of ``run`` that cannot be written."""
-    from lightning_modules.reliability import ConfigError  # here: `ablate zoo` uses this module without Lightning
-
     for setting, folder in output_folders(run):
         reason = why_unwritable(folder)
         if reason:

@@ -12,7 +12,8 @@ libraries' own switches:
 - Warnings are filtered one by one, by message and module; a warning the user's code or settings
   cause is never filtered.
 
-``ablate <subcommand> --verbose`` skips ``quiet()`` and shows everything.
+``ablate <subcommand> --verbose`` skips ``quiet()`` and shows everything. ``say()`` prints one of
+``ablate``'s own lines.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from pathlib import Path
 import lightning_fabric
 import lightning_utilities.core.rank_zero as rank_zero_module
 import pytorch_lightning
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
 _LIGHTNING_CODE = tuple(str(Path(package.__file__).parent) + os.sep
@@ -77,6 +80,13 @@ def quiet() -> None:
     shared.addFilter(_FILTER)
     for message, category, module in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """One of ``ablate``'s own lines, on stderr and at once, from global rank 0 only (not once per
+    DDP process). Never hidden by ``quiet()``."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def resuming() -> None:

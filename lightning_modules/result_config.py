@@ -44,7 +44,8 @@ def _bookkeeping_callbacks() -> tuple[type, ...]:
     )
 
     from lightning_modules.divergence import StopOnDivergence
-    from lightning_modules.reliability import CheckpointOnSignal, ExactResume
+    from lightning_modules.exact_resume import ExactResume
+    from lightning_modules.preemption import CheckpointOnSignal
 
     # StopOnDivergence changes only runs whose validation or weights went non-finite: it fails them, as
     # the model's check_finite fails a non-finite training loss; every other run trains the same.

@@ -1,5 +1,8 @@
 """Which run folder a run logs into, and what it keeps of what that folder already holds.
 
+- ``find_last_checkpoint``: ``--ckpt_path last`` means the newest ``last.ckpt`` of this experiment's
+  logger folder, and a resumed ``fit`` logs into that same ``version_N`` (``fixed_run_folder``: the
+  folder when the configuration names it).
 - ``log_into_checkpoint_run``: ``ablate validate|test|predict --ckpt_path runs/x/version_3/checkpoints/f.ckpt``
   logs into ``runs/x/version_3``, the run the checkpoint belongs to (its metrics, TensorBoard events,
   test files and predictions end up beside its training history), not into a new ``version_N``.
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import sys
 from pathlib import Path
@@ -25,10 +29,11 @@ import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from lightning_modules.config_lookup import as_list, lookup
 from lightning_modules.files import open_atomic
-from lightning_modules.reliability import _as_list, _get, fixed_run_folder
 
 CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"
 # A folder holding one of these beside checkpoints/ is a run folder that `ablate fit` wrote.
 RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml")
 FILE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
@@ -58,9 +63,10 @@ def log_into_checkpoint_run(run: Any) -> Path | None:
         The run folder the loggers now write into, or None when nothing was changed.
     """
     folder = checkpoint_run_folder(run.get("ckpt_path"))
-    trainer = _get(run, "trainer")
-    loggers = [logger for logger in _as_list(_get(trainer, "logger")) if hasattr(logger, "get")]
-    file_loggers = [logger for logger in loggers if str(_get(logger, "class_path", default="")).endswith(FILE_LOGGERS)]
+    trainer = lookup(run, "trainer")
+    loggers = [logger for logger in as_list(lookup(trainer, "logger")) if hasattr(logger, "get")]
+    file_loggers = [logger for logger in loggers
+                    if str(lookup(logger, "class_path", default="")).endswith(FILE_LOGGERS)]
     if folder is None or not file_loggers or file_loggers[0] is not loggers[0] or fixed_run_folder(trainer) is not None:
         return None
     numbered = re.fullmatch(r"version_(\d+)", folder.name)
@@ -71,6 +77,82 @@ def log_into_checkpoint_run(run: Any) -> Path | None:
         args = logger["init_args"]
         args["save_dir"], args["name"], args["version"] = str(folder.parent.parent), folder.parent.name, version
     return folder
+
+
+def _newest_last(folder: Path) -> Path | None:
+    found = [path for path in folder.glob("last*.ckpt") if re.fullmatch(r"last(-v\d+)?\.ckpt", path.name)]
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+
+def find_last_checkpoint(trainer_config: Any) -> tuple[Path | None, int | str | None]:
+    """The newest ``last.ckpt`` this trainer configuration writes, and the logger version it is in.
+
+    Lightning resolves ``ckpt_path="last"`` inside the checkpoint folder of the *current* logger
+    version, which a fresh process numbers anew (``version_{N+1}``), so it never finds the file.
+    Here: a ``ModelCheckpoint`` with an explicit ``dirpath`` is looked in; else the first logger's
+    ``<save_dir>/<name>/<version>/checkpoints`` when its version is fixed, else the highest
+    ``version_N`` under ``<save_dir>/<name>`` that has ``checkpoints/last.ckpt``.
+
+    Returns:
+        ``(path, version)``: version is the ``N`` to log into (None when the configuration fixes
+        the folder); path is None when nothing was found.
+    """
+    for callback in as_list(lookup(trainer_config, "callbacks")):
+        if str(lookup(callback, "class_path", default="")).endswith("ModelCheckpoint"):
+            dirpath = lookup(callback, "init_args", "dirpath")
+            if dirpath:
+                return _newest_last(Path(dirpath)), None
+    located = _logger_root(trainer_config)
+    if located is None:
+        return None, None  # other loggers keep their own run folders: leave "last" to Lightning
+    root, version = located
+    if root is None:
+        return _newest_last(Path(version) / "checkpoints"), None
+    if version is not None:
+        folder = root / (version if isinstance(version, str) else f"version_{version}")
+        return _newest_last(folder / "checkpoints"), None
+    versions = sorted(
+        (int(folder.name.removeprefix("version_")), folder)
+        for folder in (root.glob("version_*") if root.is_dir() else [])
+        if folder.name.removeprefix("version_").isdigit()
+    )
+    for number, folder in reversed(versions):
+        path = _newest_last(folder / "checkpoints")
+        if path is not None:
+            return path, number
+    return None, None
+
+
+def _logger_root(trainer_config: Any) -> tuple[Path | None, Any] | None:
+    """Where the first file logger writes: ``(root, version)``, the run folder being
+    ``root/version_N`` (or ``root/<version>`` for a string); ``(None, folder)`` when there is no
+    logger and ``folder`` is the run folder itself; None for loggers that keep their own folders."""
+    loggers = as_list(lookup(trainer_config, "logger"))
+    default_root = Path(lookup(trainer_config, "default_root_dir", default=os.getcwd()))
+    if not loggers or loggers[0] is False:
+        return None, default_root
+    first = loggers[0]
+    if first is True:  # Lightning's default TensorBoardLogger
+        return default_root / "lightning_logs", None
+    if not str(lookup(first, "class_path", default="")).endswith(FILE_LOGGERS):
+        return None
+    args = lookup(first, "init_args")
+    name = lookup(args, "name", default="lightning_logs")
+    return Path(lookup(args, "save_dir", default=default_root)) / (name or ""), lookup(args, "version")
+
+
+def fixed_run_folder(trainer_config: Any) -> Path | None:
+    """The run folder when the configuration names it (a fixed logger version, as in the config.yaml
+    of a sweep's run), else None: Lightning then numbers a new ``version_N`` for every run."""
+    located = _logger_root(trainer_config)
+    if located is None:
+        return None
+    root, version = located
+    if root is None:
+        return Path(version)
+    if version is None:
+        return None
+    return root / (version if isinstance(version, str) else f"version_{version}")
 
 
 def open_metrics_history(trainer: pl.Trainer, resume_step: int) -> None:

@@ -2,11 +2,16 @@
 
 - ``check_run_has_an_end``: ``max_epochs=-1`` with ``max_steps=-1`` and no ``max_time`` trains
   until the process is killed.
+- ``check_learning_rate``: a learning rate of 0 trains nothing.
 - ``check_test_after_fit_trains``: ``--test_after_fit`` of a run that takes no optimiser step
   would report the untrained network's accuracy as the run's result.
 - ``check_checkpointing``: ``--ckpt_path last`` with nothing configured that writes ``last.ckpt``
   (a ``callbacks:`` list in a config replaces the defaults) would quietly start a new run.
+- ``refuse_to_overwrite_a_finished_run``: a ``fit`` into a folder that holds a finished run, or
+  checkpoints it does not resume from.
 - ``check_needs_weights``: ``validate``/``test``/``predict`` of randomly initialised weights.
+- ``check_linked_values``: ``num_classes``/``in_chans`` given for the network that contradict the
+  data's (the CLI links the data's values in).
 - ``check_resumed_config``: a resumed run whose settings differ from the run's saved
   ``config.yaml`` (the checkpoint restores the old optimiser state while the new config.yaml
   would record settings that never ran).
@@ -15,13 +20,17 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lightning_modules.reliability import ConfigError, _as_list, _get, _say
+from lightning_modules.config_lookup import as_list, lookup
+from lightning_modules.errors import ConfigError
+from lightning_modules.quiet import say
+from lightning_modules.run_folders import fixed_run_folder
 
 # How long a run trains. A resumed run may change these only without a learning-rate schedule: a
 # schedule's length is filled from them when the run starts and restored from the checkpoint
@@ -36,13 +45,13 @@ CALLBACKS_HINT = (
 
 
 def check_run_has_an_end(run: Any) -> None:
-    trainer = _get(run, "trainer")
-    if _get(trainer, "fast_dev_run") or _get(trainer, "max_time"):
+    trainer = lookup(run, "trainer")
+    if lookup(trainer, "fast_dev_run") or lookup(trainer, "max_time"):
         return
-    if _get(trainer, "max_epochs") != -1 or _get(trainer, "max_steps", default=-1) != -1:
+    if lookup(trainer, "max_epochs") != -1 or lookup(trainer, "max_steps", default=-1) != -1:
         return
     if any(_is(callback, "pytorch_lightning.callbacks.EarlyStopping", "pytorch_lightning.callbacks.Timer")
-           for callback in _as_list(_get(trainer, "callbacks"))):
+           for callback in as_list(lookup(trainer, "callbacks"))):
         return  # the user gave the run its end
     raise ConfigError(
         "this run has no end: trainer.max_epochs=-1 with trainer.max_steps=-1 trains until the process is "
@@ -50,12 +59,24 @@ def check_run_has_an_end(run: Any) -> None:
     )
 
 
+def check_learning_rate(run: Any) -> None:
+    # A negative rate fails when the classifier builds its optimiser (torch: "Invalid learning rate");
+    # torch accepts 0, which trains nothing.
+    lr = lookup(run, "model", "optimizer", "init_args", "lr")
+    scheduler = lookup(run, "model", "lr_scheduler")
+    sets_lr = lookup(scheduler, "init_args", "max_lr") is not None  # OneCycleLR, CyclicLR drive the rate
+    if isinstance(lr, (int, float)) and lr == 0 and not sets_lr:
+        raise ConfigError(
+            "the learning rate must be positive, got model.optimizer.init_args.lr=0; with 0 the weights never change"
+        )
+
+
 def check_test_after_fit_trains(run: Any) -> None:
     if not run.get("test_after_fit") or run.get("ckpt_path") is not None:
         return  # a resumed run was trained before; `after_fit` checks that a step was taken
-    trainer = _get(run, "trainer")
+    trainer = lookup(run, "trainer")
     for key in ("max_epochs", "max_steps", "limit_train_batches"):
-        if _get(trainer, key) == 0:
+        if lookup(trainer, key) == 0:
             raise ConfigError(
                 f"--test_after_fit with trainer.{key}=0 trains nothing: the test would report the untrained "
                 "network's accuracy as this run's result. Train at least one step, or test a trained "
@@ -74,7 +95,7 @@ def no_step_taken_error(trainer: Any) -> ConfigError:
 
 def _is(callback: Any, *class_paths: str) -> bool:
     """Whether a callback's ``class_path`` names one of these classes or a subclass."""
-    class_path = str(_get(callback, "class_path", default=""))
+    class_path = str(lookup(callback, "class_path", default=""))
     try:
         module, _, name = class_path.rpartition(".")
         cls = getattr(importlib.import_module(module), name)
@@ -88,34 +109,54 @@ def _is(callback: Any, *class_paths: str) -> bool:
 
 
 def _writes_last(callback: Any) -> bool:
-    if _is(callback, "lightning_modules.reliability.CheckpointOnSignal"):
+    if _is(callback, "lightning_modules.preemption.CheckpointOnSignal"):
         return True  # on SIGTERM/SIGUSR1: the preempted run can be resumed
     if not _is(callback, "pytorch_lightning.callbacks.ModelCheckpoint"):
         return False
-    args = _get(callback, "init_args")
-    return bool(_get(args, "save_last")) or (_get(args, "filename") == "last"
-                                             and _get(args, "save_top_k", default=1) != 0)
+    args = lookup(callback, "init_args")
+    return bool(lookup(args, "save_last")) or (lookup(args, "filename") == "last"
+                                               and lookup(args, "save_top_k", default=1) != 0)
 
 
 def check_checkpointing(run: Any) -> None:
     """Refuse ``fit --ckpt_path last`` when nothing writes ``last.ckpt``; warn a fit that saves none."""
-    trainer = _get(run, "trainer")
-    callbacks = _as_list(_get(trainer, "callbacks"))
+    trainer = lookup(run, "trainer")
+    callbacks = as_list(lookup(trainer, "callbacks"))
     if any(_writes_last(callback) for callback in callbacks):
         return
-    off = _get(trainer, "enable_checkpointing") is False
+    off = lookup(trainer, "enable_checkpointing") is False
     why = ("trainer.enable_checkpointing=false saves no checkpoint" if off
            else f"trainer.callbacks configures nothing that writes last.ckpt ({CALLBACKS_HINT})")
     if run.get("ckpt_path") == "last":
         raise ConfigError(f"--ckpt_path last resumes from the run's last.ckpt, but {why}")
-    if _get(trainer, "fast_dev_run"):
+    if lookup(trainer, "fast_dev_run"):
         return  # saves nothing anyway, by design
     if off:
-        _say("ablate: warning: trainer.enable_checkpointing=false: nothing of this run will be saved; it cannot "
-             "be resumed or tested afterwards")
+        say("ablate: warning: trainer.enable_checkpointing=false: nothing of this run will be saved; it cannot "
+            "be resumed or tested afterwards")
     else:
-        _say(f"ablate: warning: no last.ckpt will be saved, so this run cannot be resumed with --ckpt_path last: "
-             f"{CALLBACKS_HINT}")
+        say(f"ablate: warning: no last.ckpt will be saved, so this run cannot be resumed with --ckpt_path last: "
+            f"{CALLBACKS_HINT}")
+
+
+def refuse_to_overwrite_a_finished_run(trainer_config: Any, ckpt_path: Any) -> None:
+    """A ``fit`` into a folder that holds a finished run would replace its metrics.csv, its
+    ``last.ckpt`` and its best checkpoint, while its ``result.json`` kept the old numbers."""
+    folder = fixed_run_folder(trainer_config)
+    if folder is None or not folder.is_dir():
+        return
+    fresh = "give the run a folder of its own (e.g. --trainer.logger.init_args.save_dir runs/again)"
+    if (folder / "result.json").is_file():
+        raise ConfigError(
+            f"{folder} holds a finished run (result.json): fitting into it would replace its metrics and "
+            f"checkpoints. To train this configuration again, {fresh}."
+        )
+    checkpoints = sorted((folder / "checkpoints").glob("*.ckpt")) if (folder / "checkpoints").is_dir() else []
+    if checkpoints and ckpt_path is None:
+        raise ConfigError(
+            f"{folder} already holds checkpoints ({', '.join(path.name for path in checkpoints[:3])}): a new run "
+            f"would overwrite them. Resume it with --ckpt_path last, or {fresh}."
+        )
 
 
 def check_needs_weights(subcommand: str, run: Any, model: Any) -> None:
@@ -127,6 +168,31 @@ def check_needs_weights(subcommand: str, run: Any, model: Any) -> None:
         f"{subcommand} needs trained weights: give --ckpt_path FILE|last|best or --model.weights FILE; without "
         f"them it would {'predict with' if subcommand == 'predict' else 'evaluate'} a randomly initialised network"
     )
+
+
+def check_linked_values(run: Any, datamodule: Any) -> None:
+    """The CLI links ``data.num_classes``/``data.in_chans`` into the network, overwriting any value
+    given for them; a given value that differs from the data's is an error, not silently replaced."""
+    network = lookup(run, "model", "network")
+    class_path, args = lookup(network, "class_path"), lookup(network, "init_args")
+    if not class_path or args is None or datamodule is None:
+        return
+    try:
+        module_name, _, name = class_path.rpartition(".")
+        parameters = inspect.signature(getattr(importlib.import_module(module_name), name)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return
+    for key in ("num_classes", "in_chans"):
+        given, data_value = lookup(args, key), getattr(datamodule, key, None)
+        default = parameters[key].default if key in parameters else inspect.Parameter.empty
+        # Equal to the class default: cannot tell "given" from "left out", and the link sets it.
+        if given is None or data_value is None or given == default or given == data_value:
+            continue
+        raise ConfigError(
+            f"model.network.init_args.{key}={given} contradicts the data: {type(datamodule).__name__} has "
+            f"{key}={data_value}, which the CLI links into the network. Drop the {key} setting, or use data "
+            f"with {given} {'classes' if key == 'num_classes' else 'channels'}."
+        )
 
 
 def saved_configs(run_folder: Path | None, ckpt_path: str) -> list[Path]:
@@ -159,7 +225,7 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     from lightning_modules.result_config import result_config
 
     old, new = result_config(saved), result_config(current)
-    scheduled = _get(current, "model", "lr_scheduler") is not None
+    scheduled = lookup(current, "model", "lr_scheduler") is not None
     changes = {}
     for key in sorted(set(old) | set(new)):
         if key not in old or key not in new:

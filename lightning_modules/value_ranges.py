@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_modules.reliability import ConfigError
+from lightning_modules.errors import ConfigError
 
 # key under `trainer` -> (smallest allowed value, what the value means); None always allowed.
 _TRAINER_MINIMUM: dict[str, tuple[float, str]] = {

@@ -19,8 +19,11 @@ from pytorch_lightning.callbacks import Callback
 import lightning_modules.files as files
 from experiments import cli
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
+from lightning_modules.checkpoint_loading import load_checkpoint
+from lightning_modules.config_parser import ConfigErrorParser
 from lightning_modules.divergence import DivergenceError
-from lightning_modules.reliability import CheckpointError, ConfigErrorParser, _newest_last, load_checkpoint
+from lightning_modules.errors import CheckpointError
+from lightning_modules.run_folders import _newest_last
 from tests.conftest import QUICK, write_synthetic_mnist
 
 CHECKPOINTS = Path("runs/default/version_0/checkpoints")

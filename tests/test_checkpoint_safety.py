@@ -1,4 +1,4 @@
-"""Safe checkpoints, results and secrets (issue #8).
+"""Safe checkpoints, results and secrets.
 
 - Checkpoints and caches are read with ``weights_only=True``: a checkpoint carrying a pickled
   payload is refused before anything in it runs, even where torch is told to trust files.
@@ -26,7 +26,7 @@ from jsonargparse import Namespace
 
 from datamodules.synthetic import write_cifar10_pickles
 from experiments.studies import sweep
-from lightning_modules.reliability import prepare_run
+from lightning_modules.run_preparation import prepare_run
 from tests.bad_inputs import MARKER, write_checkpoints
 from tests.conftest import REPO, run_ablate, write_synthetic_mnist
 

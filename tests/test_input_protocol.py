@@ -15,7 +15,7 @@ import torch
 from datamodules import CIFAR10DataModule
 from datamodules.synthetic import write_cifar10_pickles
 from experiments.cli import main
-from lightning_modules.reliability import load_checkpoint
+from lightning_modules.checkpoint_loading import load_checkpoint
 from tests.conftest import QUICK
 
 

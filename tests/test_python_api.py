@@ -133,7 +133,7 @@ def test_load_from_checkpoint_needs_nothing_but_the_checkpoint(mnist_run, cifar_
     code = f"""
 import json, torch
 from lightning_modules import ImageClassifier, load_model
-from lightning_modules.reliability import CheckpointError
+from lightning_modules.errors import CheckpointError
 images = torch.load({str(tmp_path / "images.pt")!r}, weights_only=True)
 out = {{}}
 for name, path in (("zoo", {str(mnist_last)!r}), ("family", {str(cifar_run["checkpoint"])!r})):

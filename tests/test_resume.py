@@ -24,7 +24,8 @@ from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from datamodules.base import seeded_split
-from lightning_modules.reliability import CheckpointOnSignal, find_last_checkpoint
+from lightning_modules.preemption import CheckpointOnSignal
+from lightning_modules.run_folders import find_last_checkpoint
 from tests.conftest import REPO, write_synthetic_mnist
 
 EPOCHS, BATCHES = 3, 10

@@ -23,8 +23,9 @@ import yaml
 
 from experiments.cli import main
 from lightning_modules import run_lock
-from lightning_modules.reliability import ConfigError, lock_run_folder
+from lightning_modules.errors import ConfigError
 from lightning_modules.run_guards import config_changes
+from lightning_modules.run_lock import lock_run_folder
 from tests.conftest import REPO, write_synthetic_mnist
 
 
@@ -109,6 +110,11 @@ def test_config_changes_name_what_may_not_change_on_resume() -> None:
     newer = config()
     newer["model"]["label_smoothing"] = 0.0  # a parameter the code gained since the run started
     assert config_changes(config(), newer) == {}
+    # Runs saved before the resume callbacks had files of their own name them by their old class paths.
+    old = [{"class_path": f"lightning_modules.reliability.{name}"} for name in ("ExactResume", "CheckpointOnSignal")]
+    new = [{"class_path": "lightning_modules.exact_resume.ExactResume"},
+           {"class_path": "lightning_modules.preemption.CheckpointOnSignal"}]
+    assert config_changes(config(callbacks=old), config(callbacks=new)) == {}, "the old paths still resolve"
 
 
 # ----- one process per run folder --------------------------------------------------------------------

@@ -88,7 +88,7 @@ def _classify(error: BaseException) -> int:
     from datamodules.base import DataFormatError, DataNotFoundError
     from experiments.studies.study import StudyError
     from lightning_modules.classifier import NonFiniteLossError
-    from lightning_modules.reliability import CheckpointError, ConfigError
+    from lightning_modules.errors import CheckpointError, ConfigError
 
     if isinstance(error, NonFiniteLossError):
         return EXIT_TRAINING_FAILED
@@ -134,7 +134,7 @@ _OWN_PACKAGES = ("architectures", "datamodules", "experiments", "lightning_modul
 def _one_line(error: BaseException, peer_failed: bool) -> str:
     """``<Type>: <message>`` on one line, naming what to fix."""
     from experiments.cli.error_lines import os_error_message
-    from lightning_modules.reliability import condense_parser_error
+    from lightning_modules.config_parser import condense_parser_error
 
     if isinstance(error, KeyError) and error.args:
         message = str(error.args[0])
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ablate zoo | head`: the reader left; stop quietly (Python's documented recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except SystemExit as stop:  # Reliability (issue #8): a SIGTERM stop must not exit 0 like a finished run
+    except SystemExit as stop:  # a SIGTERM stop must not exit 0 like a finished run
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
         if not isinstance(stop, SIGTERMException):
