@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import fcntl
 import json
 import os
 import signal
@@ -48,6 +47,7 @@ import yaml
 
 from experiments.studies.fingerprint import Fingerprint, resolve_fit_config
 from experiments.studies.study import TIERS, Arm, Study, StudyError, grid_label, load_study, select_arms
+from lightning_modules import run_lock
 from lightning_modules.ablate_cli import EXIT_SETUP_ERROR, TEST_RESULTS
 from lightning_modules.files import write_json_atomic, write_text_atomic
 
@@ -122,23 +122,16 @@ def sweep_lock(directory: Path) -> Iterator[None]:
     path = directory / ".sweep.lock"
     handle = path.open("a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
+        run_lock.lock(handle)
+    except run_lock.LockHeld as busy:
         raise StudyError(
-            f"another sweep ({holder}) is running on {directory}; wait for it or use another --out"
+            f"another sweep ({busy.holder or 'another process'}) is running on {directory}; "
+            "wait for it or use another --out"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
-    handle.flush()
     try:
         yield
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        run_lock.unlock(handle)
 
 
 def run_config(run: PlannedRun, wandb: bool) -> dict[str, Any]:
