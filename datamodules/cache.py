@@ -19,13 +19,14 @@ import hashlib
 import os
 import re
 import sys
-import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lightning_modules.files import SaveError, open_atomic
 
 # Bump when the layout of cached entries changes, so old caches are rebuilt.
 CACHE_VERSION = 1
@@ -56,21 +57,15 @@ def file_fingerprint(paths: Iterable[Path]) -> str:
 
 
 def save_atomic(entry: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, flushed to disk, renamed over ``path``.
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, renamed over ``path``
+    (``lightning_modules.files.open_atomic``).
 
-    Saved through an open file, so a full disk surfaces as ``OSError`` (ENOSPC) rather than the
-    C++ writer's RuntimeError; on any failure the temporary file is removed and ``path`` is untouched.
+    Saved through an open file, so a full disk surfaces as an ``OSError`` (ENOSPC; a ``SaveError``
+    whose cause is the OS's error) rather than the C++ writer's RuntimeError; on any failure the
+    temporary file is removed and ``path`` is untouched.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(entry, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)  # only left when writing failed
+    with open_atomic(path, "wb") as handle:
+        torch.save(entry, handle)
 
 
 class DiskCache:
@@ -109,7 +104,9 @@ class DiskCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_atomic(entry, path)
-        except Exception as error:  # OSError, and torch.save's RuntimeError from its C++ writer
+        except Exception as failure:  # OSError, and torch.save's RuntimeError from its C++ writer
+            # A SaveError names the file and what was kept; this line says that itself, with the OS's words.
+            error = failure.__cause__ if isinstance(failure, SaveError) and failure.__cause__ else failure
             if os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
                 reason = f"the cache folder {self.cache_dir} is a file"
             elif isinstance(error, OSError) and error.strerror:
