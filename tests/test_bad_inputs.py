@@ -1,4 +1,4 @@
-"""Bad inputs end with one clear line and leave nothing that looks like a result (issue #8).
+"""Bad inputs end with one clear line and leave nothing that looks like a result.
 
 The corpus is the table in ``tests/bad_inputs``; every case runs the real ``ablate`` in a
 subprocess (three at a time: each is mostly Python start-up) and is then checked on its own.
@@ -128,7 +128,7 @@ def test_a_diverging_arm_is_recorded_as_failed_and_the_sweep_carries_on(tmp_path
     (study / "study.yaml").write_text(yaml.safe_dump(meta))
     # All-CNN-C has no normalisation layer to absorb the blown-up weights: the loss is NaN at step 1.
     (study / "arms" / "lr_1e12.yaml").write_text(
-        "# Diverges on purpose (issue #8): a learning rate of 1e12 on a network without batch norm.\n"
+        "# Diverges on purpose: a learning rate of 1e12 on a network without batch norm.\n"
         "model:\n  network:\n    init_args: {name: all_cnn_c}\n  optimizer:\n    init_args: {lr: 1.0e+12}\n"
     )
     out = tmp_path / "runs"

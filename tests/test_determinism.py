@@ -1,4 +1,4 @@
-"""Determinism (issue #8): with a seed and `--trainer.deterministic true`, two CPU runs of the same
+"""Determinism: with a seed and `--trainer.deterministic true`, two CPU runs of the same
 configuration end with bitwise identical weights, optimiser state and logged metrics.
 
 What holds on a GPU is in README, "Reliability" (cuDNN, CUBLAS_WORKSPACE_CONFIG, atomic adds).

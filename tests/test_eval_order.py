@@ -1,4 +1,4 @@
-"""Evaluation splits in class-interleaved order (issue 17): every prefix a limited evaluation reads
+"""Evaluation splits in class-interleaved order: every prefix a limited evaluation reads
 holds every class, the logs say what a limited evaluation covered, and prediction files keep
 indexing the official split."""
 

@@ -1,6 +1,6 @@
 """Is the input pipeline fast enough? Loader images/s against training images/s, per dataset, on this machine.
 
-Three data paths side by side (issue #7), each against the network it feeds:
+Three data paths side by side, each against the network it feeds:
 
 * **MNIST** (``MNISTDataModule``, in-memory uint8 tensors, presets ``none`` and ``shift``) against
   ``inception_mnist`` at batch 64, the network and batch of ``experiments/quickstart_fast.yaml``;
@@ -20,7 +20,7 @@ real loop of both, reporting the share of step time spent on data.
 
 Measured on the CPU: the pessimistic case, where augmentation and decoding compete with the
 network for the same cores; on a GPU the network moves off them and the data share only shrinks.
-Target (issue #4): loader >= 10x the images/s training consumes; data time < 5% of step time.
+Target: loader >= 10x the images/s training consumes; data time < 5% of step time.
 
 Measured once on the 2-core CPU dev box while another training job kept it loaded (load average
 3.5 at the start, 4.2 at the end), ``OMP_NUM_THREADS=1`` (one torch thread), real data,
