@@ -1,4 +1,4 @@
-"""Resume after a kill (issue #8): `ablate fit --ckpt_path last` continues the run, exactly at an epoch
+"""Resume after a kill: `ablate fit --ckpt_path last` continues the run, exactly at an epoch
 boundary; SIGTERM and SIGUSR1 save `last.ckpt` at the next batch and exit 143 / 138.
 
 Every run here is the real `ablate fit` in a subprocess: LeNet-5 on 500 synthetic MNIST digits,
