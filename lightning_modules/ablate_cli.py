@@ -288,8 +288,8 @@ def run_lightning_cli(
     """
     # Deferred so `ablate zoo` and `--help` of the tools do not pay for Lightning's import.
     from lightning_modules.classifier import ImageClassifier
-    from lightning_modules.loggers import SaveConfigToWandb  # config.yaml, plus the W&B run config once
     from lightning_modules.config_parser import ConfigErrorParser  # parse errors end with one line
+    from lightning_modules.loggers import SaveConfigToWandb  # config.yaml, plus the W&B run config once
 
     defaults = {"default_config_files": [str(PRESETS / "defaults.yaml")]}
     # In a context of its own: jsonargparse leaves its last sub-parser in a ContextVar it never
