@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -276,9 +277,8 @@ class InMemoryImageDataModule(ImageDataModule):
             ``(C, H, W)`` tensor to one of the same shape; they run image by image on the device.
             Give ranges as lists (``degrees: [-10, 10]``): jsonargparse cannot write torchvision's
             ``numbers.Number`` hints back into the saved config.
-        random_erasing: See ``ImageDataModule``.
-        mixup_alpha: See ``ImageDataModule``.
-        cutmix_alpha: See ``ImageDataModule``.
+        **kwargs: The batch-level augmentation every data module shares (``random_erasing``,
+            ``mixup_alpha``, ``cutmix_alpha``): see ``ImageDataModule``.
     """
 
     def __init__(
@@ -290,11 +290,9 @@ class InMemoryImageDataModule(ImageDataModule):
         download: bool = True,
         num_workers: int = 0,
         train_transforms: list[Callable] | None = None,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(random_erasing, mixup_alpha, cutmix_alpha)
+        super().__init__(**kwargs)  # jsonargparse follows **kwargs: the CLI lists the base's arguments
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()

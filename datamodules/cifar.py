@@ -69,11 +69,6 @@ class CIFAR10DataModule(InMemoryImageDataModule):
     Args:
         data_dir: Folder holding ``cifar-10-batches-py/`` or ``train/`` + ``test/`` class folders
             (default ``$ABLATE_DATA_DIR`` or ``./data``), e.g. ``../shared/data/cifar10-jpeg``.
-        batch_size: Images per batch per process (under DDP one step sees ``world_size * batch_size``).
-        val_size: Training images held out for validation (default 5,000 of 50,000; 0 = none).
-        seed: Seed of the train/validation split.
-        download: Download the pickle batches when no source is found and the network allows.
-        num_workers: DataLoader workers (0 is fastest for in-memory batches).
         source: ``"auto"`` (pickle batches if present, else the image-folder tree), ``"pickle"``
             or ``"folder"``.
         augment: Named training preset, run on whole batches on the device: ``none``, ``flip``,
@@ -82,11 +77,6 @@ class CIFAR10DataModule(InMemoryImageDataModule):
             ``randaugment`` / ``trivialaugment`` (standard + the policy, per uint8 image, slower);
             see ``datamodules.presets``.
         max_shift: Padding of the random crop (4 pixels, He et al.).
-        train_transforms: Extra per-image uint8 tensor transforms after the preset (e.g.
-            ``torchvision.transforms.v2`` classes as ``class_path`` entries); they run per image.
-        random_erasing: Probability of random erasing per training image (0 = off).
-        mixup_alpha: MixUp's Beta parameter (0 = off); training targets become soft.
-        cutmix_alpha: CutMix's Beta parameter (0 = off); training targets become soft.
         normalization: ``"channel"`` standardises each channel with the dataset's mean and std;
             ``"pixel_mean"`` subtracts the per-pixel mean image (3x32x32) of the training part of the
             split from pixels scaled to [0, 1], as He et al. 2015 (Sec. 4.2). The mean is computed
@@ -102,6 +92,9 @@ class CIFAR10DataModule(InMemoryImageDataModule):
             ``$ABLATE_CACHE_DIR`` or ``~/.cache/ablate``).
         skip_corrupt: Skip unreadable images of an image-folder tree with one counted warning
             instead of failing on the first.
+        **kwargs: The arguments every in-memory data module shares (``batch_size``, ``val_size``,
+            ``seed``, ``download``, ``num_workers``, ``train_transforms``, ``random_erasing``,
+            ``mixup_alpha``, ``cutmix_alpha``): see ``InMemoryImageDataModule``.
     """
 
     num_classes = 10
@@ -121,18 +114,10 @@ class CIFAR10DataModule(InMemoryImageDataModule):
     def __init__(
         self,
         data_dir: str | None = None,
-        batch_size: int = 128,
-        val_size: int = 5000,
-        seed: int = 0,
-        download: bool = True,
-        num_workers: int = 0,
+        *,
         source: Literal["auto", "pickle", "folder"] = "auto",
         augment: BatchPreset = "standard",
         max_shift: int = 4,
-        train_transforms: list[Callable] | None = None,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
         normalization: Literal["channel", "pixel_mean"] = "channel",
         whiten: Literal["none", "gcn_zca"] = "none",
         gcn_scale: float = GCN_SCALE,
@@ -140,19 +125,10 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         resize: int | None = None,
         cache_dir: str | None = None,
         skip_corrupt: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            data_dir,
-            batch_size,
-            val_size,
-            seed,
-            download,
-            num_workers,
-            train_transforms,
-            random_erasing,
-            mixup_alpha,
-            cutmix_alpha,
-        )
+        # jsonargparse follows **kwargs into the base class: the CLI lists and checks its arguments too.
+        super().__init__(data_dir=data_dir, **kwargs)
         if source not in ("auto", "pickle", "folder"):
             raise ValueError(f"source must be 'auto', 'pickle' or 'folder', got {source!r}")
         if whiten not in ("none", "gcn_zca"):

@@ -34,6 +34,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -133,11 +134,10 @@ class ImageNetDataModule(ImageDataModule):
         resize_size: Short side before the evaluation centre crop (None = ``crop_size / 0.875``).
         crop_scale: Area range of RandomResizedCrop ((0.08, 1.0), Szegedy et al.).
         train_transforms: Extra per-image uint8 tensor transforms after the preset.
-        random_erasing: Probability of random erasing per training image (0 = off).
-        mixup_alpha: MixUp's Beta parameter (0 = off); training targets become soft.
-        cutmix_alpha: CutMix's Beta parameter (0 = off); training targets become soft.
         skip_corrupt: Skip unreadable images with a warning instead of failing.
         pin_memory: Pin batches in page-locked memory when CUDA is available.
+        **kwargs: The batch-level augmentation every data module shares (``random_erasing``,
+            ``mixup_alpha``, ``cutmix_alpha``): see ``ImageDataModule``.
     """
 
     in_chans = 3
@@ -157,13 +157,11 @@ class ImageNetDataModule(ImageDataModule):
         resize_size: int | None = None,
         crop_scale: tuple[float, float] = (0.08, 1.0),
         train_transforms: list[Callable] | None = None,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
         skip_corrupt: bool = False,
         pin_memory: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(random_erasing, mixup_alpha, cutmix_alpha)
+        super().__init__(**kwargs)  # jsonargparse follows **kwargs: the CLI lists the base's arguments
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()

@@ -7,9 +7,8 @@ validation is a seeded 5k carved from the 60k training images.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torchvision.datasets import MNIST
@@ -31,17 +30,11 @@ class MNISTDataModule(InMemoryImageDataModule):
 
     Args:
         data_dir: Root holding ``MNIST/raw/`` (default ``$ABLATE_DATA_DIR`` or ``./data``).
-        batch_size: Images per batch per process.
-        val_size: Training images held out for validation (default 5,000 of 60,000).
-        seed: Seed of the train/validation split.
-        download: Download when missing and the network allows.
-        num_workers: DataLoader workers (0 is fastest for in-memory batches).
         augment: ``"none"`` or ``"shift"`` (random translations of up to ``max_shift`` pixels).
         max_shift: Largest translation, in pixels, of the ``"shift"`` augmentation.
-        train_transforms: Extra per-image uint8 tensor transforms after the preset (run per image).
-        random_erasing: Probability of random erasing per training image (0 = off).
-        mixup_alpha: MixUp's Beta parameter (0 = off); training targets become soft.
-        cutmix_alpha: CutMix's Beta parameter (0 = off); training targets become soft.
+        **kwargs: The arguments every in-memory data module shares (``batch_size``, ``val_size``,
+            ``seed``, ``download``, ``num_workers``, ``train_transforms``, ``random_erasing``,
+            ``mixup_alpha``, ``cutmix_alpha``): see ``InMemoryImageDataModule``.
     """
 
     num_classes = 10
@@ -55,22 +48,13 @@ class MNISTDataModule(InMemoryImageDataModule):
     def __init__(
         self,
         data_dir: str | None = None,
-        batch_size: int = 128,
-        val_size: int = 5000,
-        seed: int = 0,
-        download: bool = True,
-        num_workers: int = 0,
+        *,
         augment: Literal["none", "shift"] = "none",
         max_shift: int = 2,
-        train_transforms: list[Callable] | None = None,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            data_dir, batch_size, val_size, seed, download, num_workers,
-            train_transforms, random_erasing, mixup_alpha, cutmix_alpha,
-        )  # fmt: skip
+        # jsonargparse follows **kwargs into the base class: the CLI lists and checks its arguments too.
+        super().__init__(data_dir=data_dir, **kwargs)
         self.augment = augment
         self.max_shift = max_shift
 

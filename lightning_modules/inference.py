@@ -77,12 +77,26 @@ def _plain(value: Any) -> Any:
     return _NOT_PLAIN
 
 
+def _init_parameters(cls: type) -> list[str]:
+    """The named constructor arguments of ``cls``, followed through ``**kwargs`` into its bases (data
+    modules take their own arguments and pass the shared ones on, as jsonargparse resolves them)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]  # without self
+        names += [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
 def data_spec(datamodule: pl.LightningDataModule) -> dict[str, Any]:
     """The data module's class and those constructor arguments it keeps as plain attributes of the same
     name (what its evaluation transform depends on: ``normalization``, ``resize``, ``crop_size``...)."""
     cls = type(datamodule)
     init_args = {}
-    for name in inspect.signature(cls).parameters:
+    for name in _init_parameters(cls):
         plain = _plain(getattr(datamodule, name, None))
         if plain is not None and plain is not _NOT_PLAIN:
             init_args[name] = plain

@@ -10,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 from pytorch_lightning.utilities.data import _update_dataloader
 from torch.utils.data import DistributedSampler
 from torchvision.transforms import v2
@@ -63,6 +63,32 @@ def test_image_size_follows_resize_and_crop_knobs(tmp_path: Path) -> None:
     inception = ImageNetDataModule(str(tmp_path), crop_size=299, num_classes=10)
     assert inception.image_size == (299, 299) and inception.resize_size == 342
     assert ImageNetDataModule(str(tmp_path)).resize_size == 256
+
+
+SHARED_AUGMENTATION = {"random_erasing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0}
+SHARED_IN_MEMORY = {"data_dir": None, "batch_size": 128, "val_size": 5000, "seed": 0, "download": True,
+                    "num_workers": 0, "train_transforms": None, **SHARED_AUGMENTATION}
+
+
+@pytest.mark.parametrize(
+    "module, shared",
+    [
+        (MNISTDataModule, SHARED_IN_MEMORY),
+        (CIFAR10DataModule, SHARED_IN_MEMORY),
+        (CIFAR100DataModule, SHARED_IN_MEMORY),
+        (ImageNetDataModule, {"batch_size": 256, "val_size": 10_000, **SHARED_AUGMENTATION}),
+    ],
+)
+def test_cli_lists_and_checks_the_arguments_passed_on_to_the_base(module, shared) -> None:
+    """The data modules pass the base class's arguments on through ``**kwargs``: jsonargparse still
+    offers each with its default, takes it from the command line and refuses a key nobody takes."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(module, "data")
+    defaults = parser.get_defaults().data
+    assert {key: defaults[key] for key in shared} == shared
+    assert parser.parse_args(["--data.batch_size=7", "--data.mixup_alpha=0.2"]).data.batch_size == 7
+    with pytest.raises(ArgumentError, match="no_such_argument"):
+        parser.parse_args(["--data.no_such_argument=1"])
 
 
 def test_seeded_split_is_reproducible_and_disjoint() -> None:
