@@ -20,18 +20,20 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/ablate fit --config experiments/quickstart_fast.yaml --data.data_dir $(DATA_DIR) --test_after_fit true
 
+# The default tier: in-process (the CLI's main(argv), Trainers built directly), kept under eight minutes
+# on two cores; the slowest 15 tests are printed, so a test that grows slow is seen.
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not end_to_end" --durations=15 $(PYTEST_ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-# CI's second tier, after `make test`: the slow tests that only separate processes show (under DDP
-# the failing rank's error line is the last one; the README's "Your own ablation" run as written by
-# the console script). The rest of `make test-slow` (every study arm's smoke sweep, torch.compile,
-# the real-CIFAR whitening fit) is for a longer budget.
+# CI's second tier, after `make test`: what only separate processes show (`ablate` in a subprocess, DDP,
+# SLURM, signals, kills; under DDP the failing rank's error line is the last one; the README's "Your own
+# ablation" run as written by the console script) and the benchmarks. The rest of `make test-slow` (every
+# study arm's smoke sweep, torch.compile, the real-CIFAR whitening fit) is for a longer budget.
 test-end-to-end: install
-	$(BIN)/python -m pytest -m slow tests/test_error_lines.py tests/test_own_ablation.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m end_to_end --durations=15 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

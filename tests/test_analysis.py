@@ -1,17 +1,14 @@
 """``ablate landscape | lesion | visualize`` on tiny trained runs.
 
 One module-scoped fixture trains ResNet-20, plain-20 and LeNet-5 (no residual units, no global
-average pooling) for one short epoch (5 steps) on synthetic CIFAR-10 pickles, each with ``ablate fit`` in
-its own subprocess (the three side by side), and the tests read those run directories.
+average pooling) for one short epoch (5 steps) on synthetic CIFAR-10 pickles, each with ``ablate fit`` run
+in this process (``experiments.cli.main``), and the tests read those run directories.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,6 @@ from architectures import create_model
 from datamodules.synthetic import write_cifar10_pickles
 from experiments import cli
 from experiments.analysis import common, landscape, lesion, visualize
-from tests.conftest import REPO
 
 NETWORKS = ("resnet20", "plain20", "lenet5")
 
@@ -47,20 +43,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``{network: run directory}``: 160 training, 40 validation and 60 test images, 5 steps."""
     root = tmp_path_factory.mktemp("analysis")
     write_cifar10_pickles(root / "data", per_batch=40, num_test=60)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "WANDB_MODE": "offline"}
-    processes = {}
-    for name in NETWORKS:
-        config = root / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(_config(root, name)))
-        processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "experiments.cli", "fit", "--config", str(config), "--test_after_fit", "true"],
-            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
     found = {}
-    for name, process in processes.items():
-        stdout, stderr = process.communicate(timeout=900)
-        assert process.returncode == 0, f"{name}: {stderr[-3000:]}"
-        found[name] = root / "runs" / name / "version_0"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for name in NETWORKS:
+            config = root / f"{name}.yaml"
+            config.write_text(yaml.safe_dump(_config(root, name)))
+            assert cli.main(["fit", "--config", str(config), "--test_after_fit", "true"]) == 0, name
+            found[name] = root / "runs" / name / "version_0"
     return found
 
 

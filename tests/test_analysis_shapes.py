@@ -16,7 +16,6 @@ from architectures import create_model
 from experiments import cli
 from experiments.analysis import shapes
 from experiments.analysis.zoo import multiply_adds
-from tests.conftest import run_ablate
 
 
 def test_inception_lecture_naive_5x5_conv_costs_120m_multiply_adds() -> None:
@@ -117,8 +116,9 @@ def test_bad_arithmetic_input_is_one_error_line(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("ablate: error: ValueError: --conv takes HxWxC")
 
 
-def test_unknown_architecture_ends_in_a_clear_message(tmp_path: Path) -> None:
-    result = run_ablate("shapes", "resnet_twenty", cwd=tmp_path, timeout=300)
-    assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("ablate: error: KeyError: unknown architecture 'resnet_twenty'"), result.stderr[-2000:]
+def test_unknown_architecture_ends_in_a_clear_message(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["shapes", "resnet_twenty"]) == 2
+    stderr = capsys.readouterr().err
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("ablate: error: KeyError: unknown architecture 'resnet_twenty'"), stderr[-2000:]

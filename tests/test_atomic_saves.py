@@ -24,7 +24,7 @@ from lightning_modules.config_parser import ConfigErrorParser
 from lightning_modules.divergence import DivergenceError
 from lightning_modules.errors import CheckpointError
 from lightning_modules.run_folders import _newest_last
-from tests.conftest import QUICK, write_synthetic_mnist
+from tests.support import QUICK, write_synthetic_mnist
 
 CHECKPOINTS = Path("runs/default/version_0/checkpoints")
 

@@ -2,7 +2,7 @@
 
 The corpus is the table in ``tests/bad_inputs``; every case runs the real ``ablate`` in a
 subprocess (three at a time: each is mostly Python start-up) and is then checked on its own.
-The last two tests follow a diverging run end to end: ``ablate fit`` stops at the first
+The last two tests follow a diverging run: ``ablate fit`` (in this process) stops at the first
 non-finite loss, and ``ablate sweep`` records such an arm as failed and carries on.
 """
 
@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from datamodules.synthetic import write_cifar10_pickles
+from experiments.cli import main
 from tests.bad_inputs import CASES, MARKER, Case, write_inputs
-from tests.conftest import REPO, run_ablate, write_synthetic_mnist
+from tests.support import REPO, run_ablate, write_synthetic_mnist
 
 PARALLEL = 3
 # The first case's setup runs the whole corpus (about 100 `ablate` processes): past the suite's
@@ -77,6 +78,7 @@ def test_the_corpus_is_large_and_its_ids_unique() -> None:
     [pytest.param(case, id=case.id, marks=[pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else [])
      for case in CASES],
 )
+@pytest.mark.end_to_end
 def test_bad_input_fails_with_one_clear_line(case: Case, outcomes: dict[str, Outcome]) -> None:
     outcome = outcomes[case.id]
     assert outcome.returncode != 0, outcome.stderr[-3000:]
@@ -90,6 +92,7 @@ PRINTS_A_TRACEBACK: dict[str, str] = {}
 
 
 @pytest.mark.skipif(bool(os.environ.get("ABLATE_DEBUG")), reason="ABLATE_DEBUG prints every traceback")
+@pytest.mark.end_to_end
 def test_no_bad_input_prints_a_traceback(outcomes: dict[str, Outcome]) -> None:
     """A user's mistake is one line; a traceback is for bugs (and for ABLATE_DEBUG=1)."""
     printed = {key: outcome.stderr[outcome.stderr.find("Traceback"):][:600] for key, outcome in outcomes.items()
@@ -97,19 +100,21 @@ def test_no_bad_input_prints_a_traceback(outcomes: dict[str, Outcome]) -> None:
     assert not printed, "\n\n".join(f"{key}:\n{text}" for key, text in printed.items())
 
 
-def test_fit_stops_at_the_first_non_finite_loss(tmp_path: Path) -> None:
+def test_fit_stops_at_the_first_non_finite_loss(tmp_path: Path, monkeypatch, capsys) -> None:
     """An absurd learning rate on a network without normalisation layers (the lecture's Inception;
     LeNet-5's bounded tanh units keep even a learning rate of 1e30 finite)."""
     data = write_synthetic_mnist(tmp_path / "data", n_train=300, n_test=50)
-    result = run_ablate(
+    monkeypatch.chdir(tmp_path)
+    code = main([
         "fit", "--model.network=architectures.ZooModel", "--model.network.init_args.name=inception_mnist",
         "--data=datamodules.MNISTDataModule", f"--data.data_dir={data}", "--data.val_size=44",
         "--data.batch_size=32", "--model.optimizer=torch.optim.SGD", "--model.optimizer.init_args.lr=1e12",
         "--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", cwd=tmp_path, timeout=600,
-    )
-    assert result.returncode == 1, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
+        "--trainer.enable_model_summary=false",
+    ])
+    stderr = capsys.readouterr().err
+    assert code == 1, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
     match = re.fullmatch(r"ablate: error: NonFiniteLossError: non-finite training loss \((nan|inf|-inf)\) at "
                          r"global step (\d+) \(epoch 0, batch (\d+)\)\. Likely causes: a learning rate too high.*",
                          last)
@@ -118,6 +123,7 @@ def test_fit_stops_at_the_first_non_finite_loss(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.ckpt")), "nothing saved from a diverged run"
 
 
+@pytest.mark.end_to_end
 def test_a_diverging_arm_is_recorded_as_failed_and_the_sweep_carries_on(tmp_path: Path) -> None:
     cifar = write_cifar10_pickles(tmp_path / "cifar", per_batch=20, num_test=30)
     study = tmp_path / "diverge"

@@ -18,7 +18,7 @@ import yaml
 
 from datamodules.synthetic import write_cifar10_pickles, write_image_tree
 from experiments.benchmarks import bench, side_by_side, time_to_acc
-from tests.conftest import write_synthetic_mnist
+from tests.support import write_synthetic_mnist
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def _printed_json(capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.end_to_end
 def test_time_to_accuracy_stops_both_sides_at_the_target(cifar: Path, capsys) -> None:
     assert bench.main(["time-to-acc", "--network", "lenet5", "--data-dir", str(cifar), "--target", "0.0",
                        "--epochs", "3", "--format", "json"]) == 0
@@ -50,6 +51,7 @@ def test_time_to_accuracy_stops_both_sides_at_the_target(cifar: Path, capsys) ->
     assert result["recipe"] == "experiments/fast_cifar10.yaml"
 
 
+@pytest.mark.end_to_end
 def test_time_to_accuracy_says_when_the_target_is_not_reached(cifar: Path, capsys) -> None:
     assert bench.main(["time-to-acc", "--network", "lenet5", "--data-dir", str(cifar), "--target", "1.01",
                        "--epochs", "2", "--format", "json"]) == 0
@@ -63,6 +65,7 @@ def test_time_to_accuracy_says_when_the_target_is_not_reached(cifar: Path, capsy
     assert row["epoch_ratio"] == pytest.approx(ours["seconds_per_epoch"] / plain["seconds_per_epoch"])
 
 
+@pytest.mark.end_to_end
 def test_time_to_accuracy_full_schedule_compares_auto_with_fp32(cifar: Path, capsys) -> None:
     """``--sides ablate,ablate-fp32 --full-schedule``: both sides train every epoch although the target is
     met after the first, the time to the target is still read off, and the final accuracy is reported."""
@@ -95,6 +98,7 @@ def test_time_to_accuracy_schedule_defaults_to_the_preset() -> None:
     assert parser.parse_args(["time-to-acc"]).epochs == config["trainer"]["max_epochs"]
 
 
+@pytest.mark.end_to_end
 def test_both_sides_train_the_same_recipe(cifar: Path) -> None:
     """Same seed, batches, augmentation, optimiser, schedule and loss: the same accuracy per epoch."""
     plain = time_to_acc.plain_side("lenet5", cifar, epochs=2, target=1.01, seed=0)
@@ -119,6 +123,7 @@ def _dies() -> None:
     os._exit(3)
 
 
+@pytest.mark.end_to_end
 def test_sides_run_in_their_own_processes_taking_turns() -> None:
     runs = side_by_side.interleaved({"a": functools.partial(_whoami, "a"), "b": functools.partial(_whoami, "b")}, 4)
     pids = {side: {pid for _, pid, _ in results} for side, results in runs.items()}
@@ -144,6 +149,7 @@ def _leaves_a_cycle() -> bool:
     return freed
 
 
+@pytest.mark.end_to_end
 def test_each_side_starts_a_repeat_with_the_last_ones_garbage_collected() -> None:
     # A finished Lightning fit is a reference cycle (trainer, module, data: 240 MB for CIFAR-10);
     # left for the cycle collector, it slowed the next repeat's steps by several percent.
@@ -151,6 +157,7 @@ def test_each_side_starts_a_repeat_with_the_last_ones_garbage_collected() -> Non
     assert runs["a"] == [True, True, True]
 
 
+@pytest.mark.end_to_end
 def test_a_side_that_fails_or_dies_stops_the_comparison_with_its_name() -> None:
     with pytest.raises(RuntimeError, match="the b side failed: ValueError: bad side"):
         side_by_side.interleaved({"a": functools.partial(_whoami, "a"), "b": _fails}, 2)
@@ -158,6 +165,7 @@ def test_a_side_that_fails_or_dies_stops_the_comparison_with_its_name() -> None:
         side_by_side.interleaved({"a": _dies, "b": functools.partial(_whoami, "b")}, 2)
 
 
+@pytest.mark.end_to_end
 def test_overhead_and_throughput_print_their_tables(cifar: Path, capsys) -> None:
     assert bench.main(["overhead", "--networks", "lenet5", "--steps", "6", "--warmup", "2", "--repeats", "1",
                        "--batch-size", "32", "--data-dir", str(cifar), "--format", "json"]) == 0
@@ -169,6 +177,7 @@ def test_overhead_and_throughput_print_their_tables(cifar: Path, capsys) -> None
     assert table.startswith("### throughput") and "| lenet5 | fp32 | 1x28x28 | 326,520 | 60,850 |" in table
 
 
+@pytest.mark.end_to_end
 def test_throughput_measures_each_network_in_its_own_process(capsys) -> None:
     """A small network measured after a bigger one reports its own peak memory, not the bigger one's;
     a given peak turns counted FLOPs into a utilisation; bf16 autocast and channels_last run on CPU."""
@@ -194,6 +203,7 @@ def _killed(job) -> dict:
     os._exit(9)  # as the kernel's OOM killer would end it
 
 
+@pytest.mark.end_to_end
 def test_a_network_that_fails_is_a_row_with_its_error() -> None:
     from experiments.benchmarks.throughput import Job, run_isolated
 
@@ -218,6 +228,7 @@ def _data_bench(tmp_path: Path, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.end_to_end
 def test_data_bench_prints_json_or_markdown(cifar: Path, tmp_path: Path, capsys) -> None:
     args = ["data", *TINY_DATA_BENCH, "--datasets", "cifar", "--data-dir", str(cifar)]
     assert bench.main([*args, "--format", "json"]) == 0
@@ -234,6 +245,7 @@ def _assert_positive_rates(section: dict) -> None:
         assert section["loader_over_train"][pipeline] == pytest.approx(rate / train)
 
 
+@pytest.mark.end_to_end
 def test_data_bench_reports_mnist_cifar_and_a_jpeg_folder_side_by_side(cifar: Path, tmp_path: Path, capsys) -> None:
     mnist = write_synthetic_mnist(tmp_path / "mnist", n_train=300, n_test=50)
     folder = tmp_path / "jpeg"
@@ -254,6 +266,7 @@ def test_data_bench_reports_mnist_cifar_and_a_jpeg_folder_side_by_side(cifar: Pa
     assert "| MNIST | shift | 16 |" in table and "**synthetic**" not in table
 
 
+@pytest.mark.end_to_end
 def test_data_bench_without_data_labels_its_synthetic_stand_ins(tmp_path: Path, capsys) -> None:
     absent = str(tmp_path / "absent")
     result = _data_bench(tmp_path, "--datasets", "mnist,folder", "--mnist-presets", "shift",

@@ -28,7 +28,7 @@ from datamodules.synthetic import write_cifar10_pickles
 from experiments.studies import sweep
 from lightning_modules.run_preparation import prepare_run
 from tests.bad_inputs import MARKER, write_checkpoints
-from tests.conftest import REPO, run_ablate, write_synthetic_mnist
+from tests.support import REPO, run_ablate, write_synthetic_mnist
 
 PACKAGES = ("architectures", "datamodules", "lightning_modules", "experiments")
 SENTINEL = "SENTINEL-4f1c-api-key-3b9d8e7a6c5b4a39"
@@ -45,6 +45,7 @@ def _fit_args(data: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("how", ["ckpt_path", "weights"])
+@pytest.mark.end_to_end
 def test_a_checkpoint_carrying_code_is_refused_before_it_runs(how: str, tmp_path: Path) -> None:
     """The payload would create MARKER in the working folder; TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD makes
     every `torch.load` that does not pass weights_only=True itself unpickle arbitrary objects."""
@@ -114,6 +115,7 @@ def test_a_result_write_that_dies_midway_leaves_the_old_file(tmp_path: Path, mon
     assert sweep.read_result(tmp_path)["status"] == "completed"
 
 
+@pytest.mark.end_to_end
 def test_a_killed_writer_never_leaves_a_torn_result(tmp_path: Path) -> None:
     """A process rewriting result.json (1 MB records) is SIGKILLed at random moments."""
     script = textwrap.dedent(f"""
@@ -150,6 +152,7 @@ def _tiny_study(root: Path) -> Path:
     return study
 
 
+@pytest.mark.end_to_end
 def test_a_second_sweep_on_the_same_folder_is_refused_and_the_first_finishes(tmp_path: Path) -> None:
     cifar = write_cifar10_pickles(tmp_path / "cifar", per_batch=20, num_test=30)
     study, out = _tiny_study(tmp_path), tmp_path / "runs"
@@ -181,6 +184,7 @@ def test_a_second_sweep_on_the_same_folder_is_refused_and_the_first_finishes(tmp
 # ----- secrets -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.end_to_end
 def test_an_api_key_never_reaches_logs_configs_or_run_folders(tmp_path: Path) -> None:
     data = write_synthetic_mnist(tmp_path / "data", n_train=200, n_test=20)
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",

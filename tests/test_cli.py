@@ -1,4 +1,5 @@
-"""The `ablate` command end to end, in subprocesses, as a user runs it."""
+"""The `ablate` command as a user runs it, through the CLI's `main(argv)` in this process; a closed output pipe
+in a subprocess, where only a process shows it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import QUICK, REPO, run_ablate
+from experiments.cli import main
+from tests.support import QUICK, REPO
 
 QUICKSTART = str(REPO / "experiments" / "quickstart_fast.yaml")
 
@@ -25,14 +27,27 @@ def _run_dir(workdir: Path, name: str = "quickstart_fast") -> Path:
     return versions[-1]
 
 
-def test_fit_then_test_from_checkpoint(synthetic_mnist: Path, tmp_path: Path) -> None:
+def _ablate(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``ablate <args>`` in this process; a usage error leaves ``main``
+    as jsonargparse's ``SystemExit``, as it leaves the real ``ablate``."""
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_fit_then_test_from_checkpoint(synthetic_mnist: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
     # A constant rate: the one-cycle warm-up of a run this short is stretched to a crawl (the warm-up
     # floor), and this test needs weights that learned something.
     constant = ("--model.lr_scheduler=null", "--model.optimizer.init_args.lr=0.05")
-    fit = run_ablate("fit", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), *constant,
-                     "--test_after_fit=true", cwd=tmp_path)
-    assert fit.returncode == 0, fit.stderr[-3000:]
-    assert "test accuracy:" in fit.stdout
+    code, fit_out, err = _ablate(capsys, "fit", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
+                                 *constant, "--test_after_fit=true")
+    assert code == 0, err[-3000:]
+    assert "test accuracy:" in fit_out
     run = _run_dir(tmp_path)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["network"]["init_args"]["name"] == "inception_mnist"
@@ -42,52 +57,55 @@ def test_fit_then_test_from_checkpoint(synthetic_mnist: Path, tmp_path: Path) ->
     assert any(row.get("val/acc") for row in rows) and any(row.get("test/err") for row in rows)
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
-    test = run_ablate("test", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), *constant,
-                      "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), cwd=tmp_path)
-    assert test.returncode == 0, test.stderr[-3000:]
+    code, test_out, err = _ablate(capsys, "test", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
+                                  *constant, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    assert code == 0, err[-3000:]
     # One epoch, so the best checkpoint is the last one: the same weights give the same numbers,
     # which a freshly initialised network would not.
-    accuracy = float(test.stdout.split("test accuracy:")[1].split("%")[0])
-    assert accuracy == float(fit.stdout.split("test accuracy:")[1].split("%")[0])
+    accuracy = float(test_out.split("test accuracy:")[1].split("%")[0])
+    assert accuracy == float(fit_out.split("test accuracy:")[1].split("%")[0])
     assert accuracy > 20, "well above chance (10%) on the bar-per-class synthetic digits"
 
 
-def test_print_config_is_complete_and_rerunnable(synthetic_mnist: Path, tmp_path: Path) -> None:
-    printed = run_ablate("fit", "--config", QUICKSTART, *_data_args(synthetic_mnist), "--print_config", cwd=tmp_path)
-    assert printed.returncode == 0, printed.stderr[-2000:]
-    config = yaml.safe_load(printed.stdout)
+def test_print_config_is_complete_and_rerunnable(synthetic_mnist: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, printed, err = _ablate(capsys, "fit", "--config", QUICKSTART, *_data_args(synthetic_mnist), "--print_config")
+    assert code == 0, err[-2000:]
+    config = yaml.safe_load(printed)
     for key in ("trainer", "model", "data", "seed_everything"):
         assert key in config
     assert config["model"]["lr_scheduler"]["class_path"] == "torch.optim.lr_scheduler.OneCycleLR"
     saved = tmp_path / "printed.yaml"
-    saved.write_text(printed.stdout)
-    rerun = run_ablate("fit", "--config", str(saved), "--trainer.fast_dev_run=true",
-                       "--trainer.enable_progress_bar=false", cwd=tmp_path)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    saved.write_text(printed)
+    code, _, err = _ablate(capsys, "fit", "--config", str(saved), "--trainer.fast_dev_run=true",
+                           "--trainer.enable_progress_bar=false")
+    assert code == 0, err[-3000:]
 
 
-def test_validate_and_predict(synthetic_mnist: Path, tmp_path: Path) -> None:
+def test_validate_and_predict(synthetic_mnist: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     import torch
 
     from architectures import create_model
 
+    monkeypatch.chdir(tmp_path)
     # Evaluating randomly initialised weights is refused (tests/test_run_guards.py); plain weights do.
     weights = tmp_path / "weights.pt"
     torch.save(create_model("inception_mnist", num_classes=10, in_chans=1).state_dict(), weights)
     for command in ("validate", "predict"):
-        result = run_ablate(command, "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
-                            f"--model.weights={weights}", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
+        code, _, err = _ablate(capsys, command, "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
+                               f"--model.weights={weights}")
+        assert code == 0, err[-3000:]
 
 
-def test_network_class_path_with_linked_num_classes(synthetic_mnist: Path, tmp_path: Path) -> None:
-    result = run_ablate(
-        "fit", "--config", QUICKSTART, *_data_args(synthetic_mnist), "--trainer.fast_dev_run=true",
+def test_network_class_path_with_linked_num_classes(synthetic_mnist: Path, tmp_path: Path, monkeypatch,
+                                                    capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _ablate(
+        capsys, "fit", "--config", QUICKSTART, *_data_args(synthetic_mnist), "--trainer.fast_dev_run=true",
         "--trainer.enable_progress_bar=false",
         '--model.network={"class_path": "architectures.lenet.LeNet5", "init_args": {"pooling": "max"}}',
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert code == 0, err[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -100,22 +118,26 @@ def test_network_class_path_with_linked_num_classes(synthetic_mnist: Path, tmp_p
     ],
     ids=["wrong-class-path", "unknown-registry-name", "negative-lr", "zero-batch"],
 )
-def test_bad_config_fails_with_a_message(args: list[str], message: str, synthetic_mnist: Path, tmp_path: Path) -> None:
-    result = run_ablate("fit", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), *args, cwd=tmp_path)
-    assert result.returncode != 0
-    assert message in result.stderr
+def test_bad_config_fails_with_a_message(args: list[str], message: str, synthetic_mnist: Path, tmp_path: Path,
+                                         monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _ablate(capsys, "fit", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), *args)
+    assert code != 0
+    assert message in err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
-def test_missing_dataset_fails_with_the_expected_layout(tmp_path: Path) -> None:
-    result = run_ablate("fit", "--config", QUICKSTART, *QUICK, f"--data.data_dir={tmp_path / 'absent'}",
-                        "--data.init_args.download=false", cwd=tmp_path)
-    assert result.returncode == 2  # a run that could not start
-    last_line = result.stderr.strip().splitlines()[-1]
+def test_missing_dataset_fails_with_the_expected_layout(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _ablate(capsys, "fit", "--config", QUICKSTART, *QUICK, f"--data.data_dir={tmp_path / 'absent'}",
+                           "--data.init_args.download=false")
+    assert code == 2  # a run that could not start
+    last_line = err.strip().splitlines()[-1]
     assert last_line.startswith("ablate: error: DataNotFoundError: MNIST not found")
     assert "train-images-idx3-ubyte" in last_line
 
 
+@pytest.mark.end_to_end
 def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     """`ablate zoo | head -1`: once the reader has gone, no traceback and no "Exception ignored"."""
     import os

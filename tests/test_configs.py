@@ -14,7 +14,7 @@ import yaml
 from architectures import count_params
 from experiments.cli import run_lightning_cli
 from experiments.studies.study import list_studies, load_study
-from tests.conftest import REPO
+from tests.support import REPO
 
 EXPERIMENTS = REPO / "experiments"
 STUDIES = EXPERIMENTS / "studies"

@@ -39,7 +39,7 @@ from datamodules.batch_augment import (
 )
 from datamodules.cache import DiskCache, file_fingerprint
 from datamodules.synthetic import write_cifar10_pickles
-from tests.conftest import write_synthetic_mnist
+from tests.support import write_synthetic_mnist
 
 
 @pytest.mark.parametrize(

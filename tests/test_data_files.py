@@ -27,7 +27,7 @@ from datamodules.idx import read_idx
 from datamodules.image_folder import CorruptImageError, UnreadableFileError, decode_files, read_image, scan_split
 from datamodules.mnist import MNIST_FILES, MNISTDataModule
 from datamodules.synthetic import write_cifar10_pickles, write_cifar100_pickles, write_idx, write_image_tree
-from tests.conftest import SHARED_DATA, write_synthetic_mnist
+from tests.support import SHARED_DATA, write_synthetic_mnist
 
 MARKER = "pwned.txt"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import QUICK, REPO, run_ablate, write_synthetic_mnist
+from tests.support import QUICK, REPO, run_ablate, write_synthetic_mnist
 
 PRESETS = REPO / "experiments" / "presets"
 FAST = REPO / "experiments" / "quickstart_fast.yaml"
@@ -56,6 +56,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
     return root, data, result
 
 
+@pytest.mark.end_to_end
 def test_ablate_fit_ddp_two_processes(ddp_run) -> None:
     root, _, result = ddp_run
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -71,6 +72,7 @@ def test_ablate_fit_ddp_two_processes(ddp_run) -> None:
     assert "when logging on epoch level" not in result.stdout + result.stderr, "an epoch metric of one rank only"
 
 
+@pytest.mark.end_to_end
 def test_wandb_under_ddp_is_one_run_with_the_config_once(ddp_run) -> None:
     from lightning_modules.loggers import read_wandb_run
 
@@ -85,6 +87,7 @@ def test_wandb_under_ddp_is_one_run_with_the_config_once(ddp_run) -> None:
     assert "test/err" in logged["summary"] and "max" in logged["summary"]["val/acc_best"]
 
 
+@pytest.mark.end_to_end
 def test_ddp_counts_every_eval_image_once(ddp_run) -> None:
     """Test accuracy under DDP equals one process's on the same checkpoint, 201 images on 2 ranks.
 
@@ -172,11 +175,13 @@ def _assert_same_weights(one: dict, two: dict) -> None:
         torch.testing.assert_close(two["final"][key], value, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.end_to_end
 def test_ddp_matches_one_process_with_twice_the_batch(tmp_path: Path) -> None:
     """LeNet-5 (no BatchNorm): gradients averaged over 2 x 8 images are those of 1 x 16."""
     _assert_same_weights(_parity("lenet5", 1, tmp_path / "one.pt"), _parity("lenet5", 2, tmp_path / "two.pt"))
 
 
+@pytest.mark.end_to_end
 def test_ddp_with_synced_batchnorm_matches_one_process(tmp_path: Path) -> None:
     """ResNet-20: with BatchNorm synced, 2 x 8 == 1 x 16 (weights and running statistics); unsynced, not."""
     one = _parity("resnet20", 1, tmp_path / "one.pt")

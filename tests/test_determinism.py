@@ -12,8 +12,8 @@ import pytest
 import torch
 from pytorch_lightning import Trainer
 
-from tests.conftest import write_synthetic_mnist
-from tests.test_resume import assert_same_weights, finish, last_checkpoint, metric_rows, run_dir, start, tiny_config
+from tests.fit_processes import assert_same_weights, finish, last_checkpoint, metric_rows, run_dir, start, tiny_config
+from tests.support import write_synthetic_mnist
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,7 @@ def twin_runs(tmp_path_factory) -> tuple:
     return tuple(folders)
 
 
+@pytest.mark.end_to_end
 def test_two_runs_give_bitwise_identical_weights(twin_runs) -> None:
     first, second = (last_checkpoint(folder) for folder in twin_runs)
     assert first["global_step"] == 20
@@ -39,6 +40,7 @@ def test_two_runs_give_bitwise_identical_weights(twin_runs) -> None:
         assert any(not torch.equal(before[key], first["state_dict"][key]) for key in before)
 
 
+@pytest.mark.end_to_end
 def test_two_runs_log_identical_metrics(twin_runs) -> None:
     first, second = (metric_rows(folder) for folder in twin_runs)
     assert first == second

@@ -22,7 +22,7 @@ from experiments.studies.study import StudyError, load_study
 from lightning_modules.config_files import ConfigFileError, check_yaml_text, expanded_size
 from lightning_modules.output_folders import why_unwritable
 from lightning_modules.transfer import read_state_dict
-from tests.conftest import REPO, run_ablate, write_synthetic_mnist
+from tests.support import REPO, run_ablate, write_synthetic_mnist
 
 PRESETS = REPO / "experiments" / "presets"
 
@@ -292,6 +292,7 @@ def test_ablate_debug_prints_the_traceback_of_user_errors_too(tmp_path: Path, mo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.end_to_end
 def test_under_ddp_the_failing_ranks_line_is_the_last(rank: int, tmp_path: Path) -> None:
     """One rank fails at its first batch (tests/rank_faults.py), the other loses its peer in the
     gradient all-reduce: gloo's "Connection closed by peer" traceback came after the real error."""

@@ -20,7 +20,7 @@ from datamodules.cifar import CIFAR10_CLASSES
 from datamodules.synthetic import write_image_tree
 from lightning_modules.classifier import ClassCounts, ImageClassifier
 from lightning_modules.prediction_writer import CSVPredictionWriter
-from tests.conftest import QUICK, REPO
+from tests.support import QUICK, REPO
 
 FAST_CIFAR10 = str(REPO / "experiments" / "fast_cifar10.yaml")
 

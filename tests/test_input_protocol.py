@@ -16,7 +16,7 @@ from datamodules import CIFAR10DataModule
 from datamodules.synthetic import write_cifar10_pickles
 from experiments.cli import main
 from lightning_modules.checkpoint_loading import load_checkpoint
-from tests.conftest import QUICK
+from tests.support import QUICK
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datamodules import DataNotFoundError, MNISTDataModule
-from tests.conftest import write_synthetic_mnist
+from tests.support import write_synthetic_mnist
 
 
 def test_loads_synthetic_idx_with_seeded_disjoint_split(synthetic_mnist: Path) -> None:

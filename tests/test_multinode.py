@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pytorch_lightning.callbacks import Callback
 
-from tests.conftest import QUICK, REPO, write_synthetic_mnist
+from tests.support import QUICK, REPO, write_synthetic_mnist
 
 
 class RankRecorder(Callback):
@@ -29,6 +30,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.end_to_end
 def test_two_nodes_with_torchrun_on_localhost(tmp_path: Path) -> None:
     data = write_synthetic_mnist(tmp_path / "data", n_train=300, n_test=60)
     port = _free_port()

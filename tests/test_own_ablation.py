@@ -21,7 +21,7 @@ import torch
 
 from architectures import create_model, resnet_parts
 from experiments.cli import main, run_lightning_cli
-from tests.conftest import REPO, SHARED_DATA, write_synthetic_mnist
+from tests.support import REPO, SHARED_DATA, write_synthetic_mnist
 
 SECTION = "## Your own ablation"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -122,6 +122,7 @@ def commands(script: str) -> list[list[str]]:
 
 
 @pytest.mark.slow  # three training processes: about a minute each on two busy cores
+@pytest.mark.end_to_end
 def test_walkthrough_runs_as_written(tmp_path: Path) -> None:
     blocks = walkthrough()
     files = [text for language, text in blocks if language in ("python", "yaml")]

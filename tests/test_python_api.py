@@ -24,7 +24,7 @@ from datamodules.cifar import CIFAR10_CLASSES
 from datamodules.synthetic import write_cifar10_pickles, write_mnist_idx
 from experiments import cli
 from lightning_modules import ImageClassifier
-from tests.conftest import QUICK, REPO
+from tests.support import QUICK, REPO
 
 TWO_STEPS = ("--trainer.max_steps=2", "--trainer.limit_val_batches=1", *QUICK)
 
@@ -123,6 +123,7 @@ def _last_json(result: subprocess.CompletedProcess):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.end_to_end
 def test_load_from_checkpoint_needs_nothing_but_the_checkpoint(mnist_run, cifar_run, user_run, tmp_path) -> None:
     mnist_last = mnist_run["run"] / "checkpoints" / "last.ckpt"
     torch.save({"zoo": mnist_run["images"], "family": cifar_run["images"]}, tmp_path / "images.pt")
@@ -165,6 +166,7 @@ print(json.dumps(out))
     torch.testing.assert_close(torch.tensor(out["old"]), mnist_run["probs"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.end_to_end
 def test_predictor_preprocesses_raw_images_as_evaluation_did(cifar_run, tmp_path) -> None:
     images = cifar_run["images"]
     torch.save(images, tmp_path / "images.pt")
@@ -191,6 +193,7 @@ def _readme_snippet() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.end_to_end
 def test_the_readme_python_api_runs_as_written(mnist_run) -> None:
     # The README's paths are relative to the repository root: here the run folder's work folder,
     # with ../shared/data beside it, as in the repository's checkout.
@@ -204,6 +207,7 @@ def test_the_readme_python_api_runs_as_written(mnist_run) -> None:
     assert "load_model: using runs/quickstart_fast/version_0/checkpoints/last.ckpt" in result.stderr
 
 
+@pytest.mark.end_to_end
 def test_bad_inputs_end_in_one_clear_error(mnist_run, user_run, tmp_path) -> None:
     (tmp_path / "notes.ckpt").write_text("not a checkpoint\n")
     (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
 from experiments.cli import main
-from tests.conftest import REPO
+from tests.support import REPO
 
 QUICKSTART = str(REPO / "experiments" / "quickstart_fast.yaml")
 TRAINING_STARTS = "<<training starts>>"

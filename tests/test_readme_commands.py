@@ -50,6 +50,7 @@ def scratch_root(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(("line", "body"), BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
+@pytest.mark.end_to_end
 def test_quick_readme_block_runs_as_written(line: int, body: str, scratch_root: Path) -> None:
     first = body.splitlines()[0] if body.strip() else ""
     if not first.startswith(MARKER):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import QUICK, REPO, run_ablate
+import pytest
+
+from tests.support import QUICK, REPO, run_ablate
 
 
+@pytest.mark.end_to_end
 def test_one_epoch_reaches_97_percent(real_mnist: Path, tmp_path: Path) -> None:
     result = run_ablate(
         "fit", "--config", str(REPO / "experiments" / "quickstart_fast.yaml"), *QUICK,

@@ -16,7 +16,7 @@ import pytest
 from datamodules.idx import read_idx
 from experiments.cli import main
 from lightning_modules.run_folders import EVERY_ROW, MetricsHistoryWriter, checkpoint_run_folder
-from tests.conftest import REPO, SHARED_DATA
+from tests.support import REPO, SHARED_DATA
 
 RUN = Path("runs") / "quickstart" / "version_0"
 LAST = RUN / "checkpoints" / "last.ckpt"

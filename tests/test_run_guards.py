@@ -26,7 +26,7 @@ from lightning_modules import run_lock
 from lightning_modules.errors import ConfigError
 from lightning_modules.run_guards import config_changes
 from lightning_modules.run_lock import lock_run_folder
-from tests.conftest import REPO, write_synthetic_mnist
+from tests.support import REPO, write_synthetic_mnist
 
 
 def tiny_config(data_dir: Path, **trainer: object) -> dict:
@@ -174,11 +174,12 @@ def test_new_runs_that_counted_the_same_version_take_the_next_one(tmp_path: Path
         holder.close()
 
 
+@pytest.mark.end_to_end
 def test_a_running_fit_holds_its_folder_and_a_kill_frees_it(workdir: Path, data_dir: Path, capsys) -> None:
     """Two real processes: a slow fit into a fixed folder, and a second fit of the same folder."""
     config = tiny_config(data_dir, max_epochs=3, limit_train_batches=50)
     config["trainer"]["logger"][0]["init_args"]["version"] = "fixed"
-    config["trainer"]["callbacks+"] = [{"class_path": "tests.test_resume.BatchRecorder",
+    config["trainer"]["callbacks+"] = [{"class_path": "tests.fit_processes.BatchRecorder",
                                         "init_args": {"seconds": 0.3}}]
     (workdir / "slow.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}

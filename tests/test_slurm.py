@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import Callback
 
 from experiments.studies import slurm, sweep
 from experiments.studies.study import load_study
-from tests.conftest import REPO, write_synthetic_mnist
+from tests.support import REPO, write_synthetic_mnist
 
 PRESETS = REPO / "experiments" / "presets"
 ABLATE = " ".join(shlex.quote(part) for part in slurm.ablate_command())
@@ -235,6 +235,7 @@ class StepMarker(Callback):
         Path(self.path).write_text(str(trainer.global_step))
 
 
+@pytest.mark.end_to_end
 def test_sigusr1_checkpoints_requeues_and_the_next_run_resumes(tmp_path: Path) -> None:
     data = write_synthetic_mnist(tmp_path / "data", n_train=300, n_test=50)
     bin_dir = tmp_path / "bin"
@@ -286,6 +287,7 @@ def test_sigusr1_checkpoints_requeues_and_the_next_run_resumes(tmp_path: Path) -
     assert min(resumed_steps) >= stopped_at - 1, "the second run continued, it did not start over"
 
 
+@pytest.mark.end_to_end
 def test_array_task_on_two_ranks_end_to_end(tmp_path: Path) -> None:
     """`ablate slurm sweep-task` as srun starts it for a 1-node x 2-"GPU" task: one DDP fit, one record."""
     from datamodules.synthetic import write_cifar10_pickles

@@ -15,7 +15,7 @@ from experiments.benchmarks import bench, time_to_acc
 from experiments.cli import main, run_lightning_cli
 from experiments.studies.fingerprint import REPO, Fingerprint, resolve_fit_config
 from lightning_modules import speed
-from tests.conftest import write_synthetic_mnist
+from tests.support import write_synthetic_mnist
 
 BF16_CPU = speed.Device("cpu", "CPU has AMX-BF16", fast_channels_last=True)
 AVX2_CPU = speed.Device("cpu", None, fast_channels_last=True)

@@ -18,7 +18,7 @@ from datamodules.synthetic import write_cifar10_pickles
 from experiments.studies import report as report_module
 from experiments.studies.study import StudyError, list_studies, load_study
 from experiments.studies.sweep import command, plan, sweep_lock
-from tests.conftest import REPO, run_ablate
+from tests.support import REPO, run_ablate
 
 # One representative arm per study for the default suite (each run is a separate process);
 # `pytest -m slow` runs every arm of every study.
@@ -47,6 +47,7 @@ def _sweep(study: str, out: Path, cifar_dir: Path, *args: str):
 
 
 @pytest.mark.parametrize("study", sorted(SMOKE_ARMS))
+@pytest.mark.end_to_end
 def test_smoke_sweep_and_report(study: str, cifar_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     result = _sweep(study, out, cifar_dir, "--only", SMOKE_ARMS[study])
@@ -99,6 +100,7 @@ def _tiny_study(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.end_to_end
 def test_a_setup_error_stops_the_sweep_and_records_nothing(cifar_dir: Path, tmp_path: Path) -> None:
     """A bad config is the user's to fix, not the arm's result: the sweep stops before the next run,
     exits 2, writes no result.json, and the next sweep plans the run afresh."""
@@ -136,12 +138,13 @@ def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path: Path) -> None
                 pass
 
 
+@pytest.mark.end_to_end
 def test_sigterm_to_the_sweep_alone_checkpoints_its_run_and_the_next_sweep_resumes_it(
         cifar_dir: Path, tmp_path: Path) -> None:
     """``kill <sweep pid>`` reaches the ``ablate fit`` child: it saves last.ckpt and exits, the run is
     not recorded, the sweep exits 143, and the same command resumes the run from that checkpoint."""
     out, batches = tmp_path / "runs", tmp_path / "batches.log"
-    slow = {"class_path": "tests.test_resume.BatchRecorder", "init_args": {"path": str(batches), "seconds": 0.5}}
+    slow = {"class_path": "tests.fit_processes.BatchRecorder", "init_args": {"path": str(batches), "seconds": 0.5}}
     args = [sys.executable, "-m", "experiments.cli", "sweep", "resnet_depth", "--tier", "smoke", "--only", "resnet20",
             "--out", str(out), *_data_set(cifar_dir), "--set", "trainer.max_steps=40"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "WANDB_MODE": "offline"}
@@ -196,13 +199,17 @@ def test_grid_selection_uses_the_final_models_validation_accuracy(tmp_path: Path
     assert row["selected"] == "lr=0.1" and row["mean"] == 9.0
 
 
-def test_unknown_study_and_arm_are_clear_errors(tmp_path: Path) -> None:
+def test_unknown_study_and_arm_are_clear_errors(tmp_path: Path, monkeypatch, capsys) -> None:
+    from experiments.cli import main
+
     with pytest.raises(StudyError, match="unknown study 'nope'.*resnet_shortcuts"):
         load_study("nope")
     with pytest.raises(StudyError, match="has no arm 'nope'"):
         plan(load_study("resnet_depth"), "smoke", 1, tmp_path, only=["nope"])
-    result = run_ablate("sweep", "nope", cwd=tmp_path)
-    assert result.returncode == 2 and "unknown study 'nope'" in result.stderr.strip().splitlines()[-1]
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["sweep", "nope"]) == 2
+    assert "unknown study 'nope'" in capsys.readouterr().err.strip().splitlines()[-1]
     assert set(list_studies()) >= set(SMOKE_ARMS)
 
 
@@ -247,6 +254,7 @@ def _sweep_in_process(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+@pytest.mark.end_to_end
 def test_a_changed_setting_is_never_a_silent_skip(cifar_dir: Path, tmp_path: Path, capsys) -> None:
     """A second sweep with one `--set` changed stops before training and names the key; `--changed keep`
     keeps the old result knowingly (the report shows its fingerprint), `--changed rerun` moves it aside."""
@@ -314,6 +322,7 @@ def test_a_changed_setting_is_never_a_silent_skip(cifar_dir: Path, tmp_path: Pat
     assert f"| {second['fingerprint']} |" in report.stdout and "test error of the final model" in report.stdout
 
 
+@pytest.mark.end_to_end
 def test_a_sweep_with_failed_or_missing_runs_exits_non_zero(cifar_dir: Path, tmp_path: Path) -> None:
     study = tmp_path / "diverge"
     shutil.copytree(REPO / "experiments" / "studies" / "resnet_depth", study)
@@ -336,7 +345,9 @@ def test_a_sweep_with_failed_or_missing_runs_exits_non_zero(cifar_dir: Path, tmp
     assert rows[0]["ours"] == "fail" and "diverged (fail)" in report_module.markdown(load_study(study), "smoke", rows)
 
 
-def test_the_report_never_shows_a_diverged_or_corrupt_result_as_a_number(tmp_path: Path) -> None:
+def test_the_report_never_shows_a_diverged_or_corrupt_result_as_a_number(tmp_path: Path, monkeypatch, capsys) -> None:
+    from experiments.cli import main
+
     study = load_study("resnet_shortcuts")
     _results(tmp_path, "resnet_shortcuts", "short",
              {"original": 25.0, "shortcut_gating_bg6": float("nan"), "exclusive_gating_bg6": 28.0, "conv1x1": 30.0})
@@ -353,7 +364,9 @@ def test_the_report_never_shows_a_diverged_or_corrupt_result_as_a_number(tmp_pat
     assert "| shortcut-only gating b_g=-6 | 6.91 | diverged (fail) |" in text
     assert "seed_0: " in text and "is corrupt" in text and "seed None" not in text
 
-    empty = run_ablate("report", "resnet_shortcuts", "--tier", "short", "--out", str(tmp_path / "typo"), cwd=tmp_path)
-    assert empty.returncode == 2
-    assert f"no runs of resnet_shortcuts [short] under {tmp_path / 'typo'}" in empty.stderr.strip().splitlines()[-1]
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["report", "resnet_shortcuts", "--tier", "short", "--out", str(tmp_path / "typo")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"no runs of resnet_shortcuts [short] under {tmp_path / 'typo'}" in last
     assert not (tmp_path / "typo").exists(), "a mistyped --out creates nothing"

@@ -17,8 +17,8 @@ from torch import nn
 from architectures import create_model
 from lightning_modules import ImageClassifier
 from lightning_modules.transfer import head_name, load_weights
-from tests.conftest import REPO, SHARED_DATA, run_ablate
-from tests.test_recipes import TinyData, configured, quick_trainer, sgd
+from tests.support import REPO, SHARED_DATA, run_ablate
+from tests.tiny_training import TinyData, configured, quick_trainer, sgd
 
 CIFAR_JPEG = SHARED_DATA / "cifar10-jpeg"
 RECIPE = REPO / "experiments" / "transfer" / "alexnet_cifar10.yaml"
@@ -140,6 +140,7 @@ def test_freeze_names_unknown_prefixes() -> None:
 
 
 @pytest.mark.skipif(not (CIFAR_JPEG / "train").is_dir(), reason=f"CIFAR-10 JPEG tree not found under {CIFAR_JPEG}")
+@pytest.mark.end_to_end
 def test_alexnet_transfer_recipe_on_real_cifar10(alexnet_file: Path, tmp_path: Path) -> None:
     """experiments/transfer/alexnet_cifar10.yaml as written (224x224, frozen features, new 10-way
     head at 10x the rate), a few batches of real CIFAR-10; ~20 s on 2 cores."""

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lightning_modules.loggers import read_wandb_run, wandb_credentials_available
-from tests.conftest import QUICK, REPO, run_ablate
+from tests.support import QUICK, REPO, run_ablate
 
 
+@pytest.mark.end_to_end
 def test_offline_run_holds_metrics_and_config(synthetic_mnist: Path, tmp_path: Path) -> None:
     result = run_ablate(
         "fit", "--config", str(REPO / "experiments" / "quickstart_fast.yaml"),

@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from experiments.studies import sweep
 from experiments.studies.study import load_study
 from lightning_modules.loggers import _wandb_records, read_wandb_run
-from tests.conftest import QUICK, REPO, run_ablate
+from tests.support import QUICK, REPO, run_ablate
 
 SENTINEL = "sentinel0123456789abcdef0123456789abcdef01"  # 42 characters, shaped like a W&B key
 
@@ -32,6 +33,7 @@ def _config_records(run_dir: Path) -> list[set[str]]:
     return updates
 
 
+@pytest.mark.end_to_end
 def test_config_once_summary_and_no_api_key_on_disk(synthetic_mnist: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "NO_COLOR": "1", "HOME": str(tmp_path), "WANDB_API_KEY": SENTINEL}
@@ -82,6 +84,7 @@ def test_sweep_names_wandb_runs_by_study_arm_and_seed(tmp_path: Path) -> None:
     assert wandb_args["save_dir"] == str(run.directory)
 
 
+@pytest.mark.end_to_end
 def test_study_report_pushed_as_a_wandb_table_offline(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     for arm, errors in {"resnet20": (9.0, 9.5), "plain20": (10.0, 11.0)}.items():

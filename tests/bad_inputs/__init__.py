@@ -27,7 +27,7 @@ from PIL import Image
 
 from datamodules.synthetic import write_cifar10_pickles, write_cifar100_pickles, write_idx, write_image_tree
 from tests.bad_inputs.case import CIFAR, FIT, MARKER, TEST, Case
-from tests.conftest import write_synthetic_mnist
+from tests.support import write_synthetic_mnist
 
 _CORE_CASES: list[Case] = [
     # ----- configuration ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from PIL import Image
 
 from datamodules.synthetic import write_cifar10_pickles, write_idx, write_image_tree
 from tests.bad_inputs.case import CIFAR, FIT, MARKER, TEST, Case  # noqa: F401
-from tests.conftest import write_synthetic_mnist
+from tests.support import write_synthetic_mnist
 
 CASES: list[Case] = [
     Case("cifar-meta-malicious", f"{FIT} {CIFAR}={{cifar_meta_malicious}}",
