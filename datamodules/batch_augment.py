@@ -29,9 +29,8 @@ def single_thread_on_cpu(device: torch.device) -> Iterator[None]:
     """Run the block with one intra-op thread when ``device`` is the CPU.
 
     Batch augmentation is many small ops (a 128x3x32x32 batch is 0.4 M values); spreading each
-    over a thread pool costs more in hand-offs than it saves, badly so when the cores are busy:
-    on a loaded 2-core machine the ``standard`` preset took 67 ms per batch with 2 threads and
-    5 ms with 1, ``lecture`` 380-950 ms against 23 ms. The network keeps all threads.
+    over a thread pool costs more in hand-offs than it saves, many times more when other processes
+    keep the cores busy (each waiting thread spins). The network keeps all threads.
     """
     if device.type != "cpu":
         yield
@@ -230,9 +229,9 @@ def random_erasing(
 def apply_per_sample(transforms: Sequence[Callable] | Callable, images: torch.Tensor) -> torch.Tensor:
     """Run per-image transforms (e.g. ``v2.AutoAugment``) on each image of a uint8 batch in turn.
 
-    The slow path, for transforms with no batched form: ~0.1 ms per 32x32 image and op on one
-    CPU core, run single-threaded (see ``single_thread_on_cpu``; 30x faster than two threads on a
-    busy 2-core machine).
+    The slow path, for transforms with no batched form: one Python call per image and op (its
+    rate is measured by ``ablate bench data``, docs/benchmarks.md), run single-threaded (see
+    ``single_thread_on_cpu``).
     """
     transform = v2.Compose(list(transforms)) if isinstance(transforms, Sequence) else transforms
     with single_thread_on_cpu(images.device):

@@ -9,8 +9,8 @@ Two on-disk sources, auto-detected under ``data_dir``:
   ``../shared/data/cifar10-jpeg``; classes take the canonical order (``airplane`` ... ``truck``),
   which is also the sorted order of the folder names.
 
-Either source is decoded once into uint8 tensors and cached (see ``datamodules.cache``): the first
-run on the 60k-image JPEG tree decodes in a few seconds, later runs load the cache in well under one.
+Either source is decoded once into uint8 tensors and cached (see ``datamodules.cache``): only the
+first run on a JPEG tree pays for decoding (``ablate bench data`` measures both, docs/benchmarks.md).
 Validation is a seeded 5k carved from the 50k training images, seen through eval transforms
 (He et al. 2015 use 45k/5k); the official 10k test set is the test set.
 

@@ -2,7 +2,7 @@
 
 Shared by the in-memory CIFAR modules (decode everything once, then cache) and ImageNet (decode
 per image in DataLoader workers). Decoding uses ``torchvision.io.decode_image`` on the file's
-bytes for 8-bit RGB (libjpeg-turbo / libpng; 60k CIFAR JPEGs in ~3 s on one core) and PIL, with
+bytes for 8-bit RGB (libjpeg-turbo / libpng, no PIL image per file) and PIL, with
 one rule per mode, for everything else: every image comes out 8-bit, grayscale or RGB (see
 ``read_image``). ``torchvision.io``'s image decoders are deprecated since 0.29 in
 favour of TorchCodec; their DeprecationWarning is silenced here until the project moves over.

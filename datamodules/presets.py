@@ -15,11 +15,10 @@ uint8 batch before normalisation (``batch_preset``; their crop pads with black):
 | ``randaugment``  | standard + RandAugment(2, 9) (Cubuk et al. 2020)                       | per image |
 | ``trivialaugment`` | standard + TrivialAugmentWide (Mueller & Hutter 2021)                | per image |
 
-The policy presets run ``torchvision.transforms.v2`` image by image (``apply_per_sample``): on a
-busy 2-core CPU a 128-image CIFAR batch takes ~30-50 ms with them against ~7 ms with ``standard``
-(``ablate bench data``: 3,200-4,600 images/s, 17-24x what ResNet-20 training consumes there on
-one thread); on a GPU
-the per-image loop launches many small kernels, so prefer the batched presets there.
+The policy presets run ``torchvision.transforms.v2`` image by image (``apply_per_sample``): several
+times slower than the batched presets, yet on the CPU still well ahead of what training consumes
+(``ablate bench data`` measures both, docs/benchmarks.md); on a GPU the per-image loop launches many
+small kernels, so prefer the batched presets there.
 
 ImageNet presets (``imagenet_train_transform``) are per-image ``v2`` pipelines run in DataLoader
 workers: ``imagenet`` is RandomResizedCrop + flip (Szegedy et al. 2015; He et al. 2016), the

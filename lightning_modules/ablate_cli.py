@@ -111,7 +111,7 @@ class AblateCLI(LightningCLI):
             isinstance(callback, ProgressBar) for callback in [*configured, *callbacks]
         ):
             # Updated and redrawn twice a second, not after every batch and 100 times a second
-            # (lightning_modules/progress.py: that cost ResNet-20 3.5% on 2 CPU cores).
+            # (lightning_modules/progress.py says why).
             callbacks = [*callbacks, ThrottledRichProgressBar()]
         if self._verbose():  # Lightning's full table too, beside the two lines of lightning_modules/run_summary.py
             from pytorch_lightning.callbacks import RichModelSummary
@@ -294,8 +294,8 @@ def run_lightning_cli(
     defaults = {"default_config_files": [str(PRESETS / "defaults.yaml")]}
     # In a context of its own: jsonargparse leaves its last sub-parser in a ContextVar it never
     # resets, and through the parser's instantiators that keeps this CLI alive, with its trainer,
-    # model and data (180 MB of CIFAR-10 tensors), after the caller is done with it: every run in
-    # one process (a notebook, `ablate bench`) kept its data alive, 180 MB more RSS a run.
+    # model and data (a whole in-memory dataset), after the caller is done with it: every run in
+    # one process (a notebook, `ablate bench`) would keep its data alive.
     return contextvars.copy_context().run(
         AblateCLI,
         ImageClassifier,

@@ -3,9 +3,10 @@
 - An empty file (or one of comments only): jsonargparse said "Unexpected config:" without the file.
 - A YAML alias bomb ("billion laughs": anchors whose aliases nest, each level multiplying the
   last): PyYAML builds it as a small graph of shared nodes, but jsonargparse copies and walks it as a
-  tree; nine levels of nine took 40 s and then a MemoryError. Aliases are counted as they would
-  expand, on the composed graph, in time proportional to the file, and a document that would grow
-  past ``MAX_EXPANDED_NODES`` is refused; so is one whose alias points into itself (a cycle).
+  tree, exponentially larger than the file: a few hundred bytes exhaust time and memory. Aliases are
+  counted as they would expand, on the composed graph, in time proportional to the file, and a
+  document that would grow past ``MAX_EXPANDED_NODES`` is refused; so is one whose alias points into
+  itself (a cycle).
 
 ``install()`` puts the check in front of jsonargparse's YAML loader (``jsonargparse.set_loader``),
 so every YAML jsonargparse loads is guarded: ``--config`` files, ``--data=file.yaml`` and values

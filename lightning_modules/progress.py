@@ -1,10 +1,9 @@
 """The default progress bar of ``ablate``: Lightning's rich bar, updated a few times a second.
 
 Lightning's ``RichProgressBar`` reads every logged metric after each training batch (``.item()``,
-a host sync per step on a GPU) and redraws from a thread 100 times a second. On the 2-core
-development box that cost ResNet-20 3.5% of its training speed against a plain loop
-(`ablate bench overhead`, README "Benchmarks"); updated at most ``refresh_rate`` times a second
-it costs nothing measurable and still looks live.
+a host sync per step on a GPU) and redraws from a thread 100 times a second: a cost a small network
+feels in its training speed (`ablate bench overhead` measures it against a plain loop,
+docs/benchmarks.md). Updated at most ``refresh_rate`` times a second the bar still looks live.
 
 The classifier logs ``train/loss`` only on the steps the loggers write (``log_every_n_steps``);
 this bar shows the last step's loss instead (its ``step_loss``), read when the bar redraws.
