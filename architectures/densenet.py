@@ -51,7 +51,10 @@ STEMS = {"imagenet": _imagenet_stem, "cifar": _conv_stem}
 
 
 class DenseLayer(nn.Module):
-    """H_l on the list of all earlier maps; subclasses define its convolutions.
+    """H_l on the list of all earlier maps: BN-ReLU-3x3 conv adding k maps (Sec. 3, "Composite
+    function"), preceded in DenseNet-B by BN-ReLU-1x1 conv to ``bn_size * k`` maps (Sec. 3, "Bottleneck
+    layers"). Module names are torchvision's: ``norm1``/``conv1`` is the first convolution, the 1x1 of a
+    bottleneck layer or the 3x3 of a basic one; ``norm2``/``conv2`` the bottleneck's 3x3.
 
     ``concat_and_first_conv`` is the part whose activations ``memory_efficient`` recomputes: the
     concatenation it starts from grows with depth and would otherwise be stored once per layer.
@@ -59,6 +62,7 @@ class DenseLayer(nn.Module):
     Args:
         in_chs: Channels of the concatenated input.
         growth_rate: Channels the layer adds (k).
+        bottleneck: DenseNet-B's 1x1 bottleneck before the 3x3 conv.
         bn_size: Bottleneck width as a multiple of k (DenseNet-B's 4).
         drop_rate: Dropout on the new maps (the paper's 0.2 on CIFAR without augmentation).
         memory_efficient: Recompute the concatenation in backward instead of storing it.
@@ -68,82 +72,49 @@ class DenseLayer(nn.Module):
         self,
         in_chs: int,
         growth_rate: int,
+        bottleneck: bool = True,
         bn_size: int = 4,
         drop_rate: float = 0.0,
         memory_efficient: bool = False,
     ) -> None:
         super().__init__()
+        self.bottleneck = bottleneck
         self.drop_rate = drop_rate
         self.memory_efficient = memory_efficient
+        self.norm1 = nn.BatchNorm2d(in_chs)
+        self.relu1 = nn.ReLU(inplace=True)
+        if bottleneck:
+            self.conv1 = nn.Conv2d(in_chs, bn_size * growth_rate, kernel_size=1, bias=False)
+            self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+            self.relu2 = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_chs, growth_rate, kernel_size=3, padding=1, bias=False)
 
     def concat_and_first_conv(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
-
-    def rest(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         if self.memory_efficient and any(t.requires_grad for t in inputs):
             out = cp.checkpoint(self.concat_and_first_conv, *inputs, use_reentrant=False)
         else:
             out = self.concat_and_first_conv(*inputs)
-        return F.dropout(self.rest(out), p=self.drop_rate, training=self.training)
+        if self.bottleneck:
+            out = self.conv2(self.relu2(self.norm2(out)))
+        return F.dropout(out, p=self.drop_rate, training=self.training)
 
 
-class BasicDenseLayer(DenseLayer):
-    """H_l = BN-ReLU-3x3 conv (the paper's Sec. 3, "Composite function")."""
-
-    def __init__(
-        self,
-        in_chs: int,
-        growth_rate: int,
-        bn_size: int = 4,
-        drop_rate: float = 0.0,
-        memory_efficient: bool = False,
-    ) -> None:
-        super().__init__(in_chs, growth_rate, bn_size, drop_rate, memory_efficient)
-        self.norm1 = nn.BatchNorm2d(in_chs)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(in_chs, growth_rate, kernel_size=3, padding=1, bias=False)
-
-
-class BottleneckDenseLayer(DenseLayer):
-    """DenseNet-B: BN-ReLU-1x1 conv (``bn_size * k``), then BN-ReLU-3x3 conv (k) (Sec. 3, "Bottleneck")."""
-
-    def __init__(
-        self,
-        in_chs: int,
-        growth_rate: int,
-        bn_size: int = 4,
-        drop_rate: float = 0.0,
-        memory_efficient: bool = False,
-    ) -> None:
-        super().__init__(in_chs, growth_rate, bn_size, drop_rate, memory_efficient)
-        self.norm1 = nn.BatchNorm2d(in_chs)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(in_chs, bn_size * growth_rate, kernel_size=1, bias=False)
-        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False)
-
-    def rest(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.relu2(self.norm2(x)))
-
-
-DENSE_LAYERS: dict[str, type[DenseLayer]] = {"basic": BasicDenseLayer, "bottleneck": BottleneckDenseLayer}
+# ``block`` names the layer kind: whether it has DenseNet-B's bottleneck.
+BOTTLENECK = {"basic": False, "bottleneck": True}
 
 
 class DenseBlock(nn.ModuleDict):
     """``num_layers`` dense layers, each fed every earlier output; returns all of them concatenated."""
 
-    def __init__(
-        self, layer_cls: type[DenseLayer], num_layers: int, in_chs: int, growth_rate: int, **layer_args
-    ) -> None:
+    def __init__(self, num_layers: int, in_chs: int, growth_rate: int, **layer_args: Any) -> None:
         super().__init__()
         for i in range(num_layers):
-            self.add_module(
-                f"denselayer{i + 1}", layer_cls(in_chs + i * growth_rate, growth_rate, **layer_args)
-            )
+            self.add_module(f"denselayer{i + 1}", DenseLayer(in_chs + i * growth_rate, growth_rate, **layer_args))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [x]
@@ -202,7 +173,7 @@ class DenseNet(nn.Module):
         chs = stem_width
         for i, num_layers in enumerate(block_config):
             dense_block = DenseBlock(
-                DENSE_LAYERS[block], num_layers, chs, growth_rate,
+                num_layers, chs, growth_rate, bottleneck=BOTTLENECK[block],
                 bn_size=bn_size, drop_rate=drop_rate, memory_efficient=memory_efficient,
             )  # fmt: skip
             self.features.add_module(f"denseblock{i + 1}", dense_block)

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from architectures import count_params, create_model
-from architectures.densenet import BasicDenseLayer, DenseNet
+from architectures.densenet import DenseLayer, DenseNet
 from architectures.resnet import ResNet
 from architectures.resnet_parts import (
     SHORTCUTS,
@@ -309,7 +309,7 @@ def test_densenet_bottleneck_and_compression_knobs() -> None:
     bc = create_model("densenet_bc100_k12")
     assert bc.features.transition1.conv.out_channels == (24 + 16 * 12) // 2
     plain = create_model("densenet_bc100_k12", block="basic", compression=1.0)
-    layers = [m for m in plain.modules() if isinstance(m, BasicDenseLayer)]
+    layers = [m for m in plain.modules() if isinstance(m, DenseLayer)]
     assert len(layers) == 48 and not hasattr(layers[0], "conv2")
     assert plain.features.transition1.conv.out_channels == 24 + 16 * 12
     out = plain(torch.randn(2, 3, 16, 16))
