@@ -1,5 +1,5 @@
 """Saves are whole or absent on any file system, a failed save keeps the previous file, and a diverged
-run never overwrites its last good checkpoint (README, "Reliability")."""
+run never overwrites its last good checkpoint (docs/reliability.md, "Saves" and "Divergence")."""
 
 from __future__ import annotations
 

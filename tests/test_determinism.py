@@ -1,7 +1,7 @@
 """Determinism: with a seed and `--trainer.deterministic true`, two CPU runs of the same
 configuration end with bitwise identical weights, optimiser state and logged metrics.
 
-What holds on a GPU is in README, "Reliability" (cuDNN, CUBLAS_WORKSPACE_CONFIG, atomic adds).
+What holds on a GPU is in docs/reliability.md, "Determinism" (cuDNN, CUBLAS_WORKSPACE_CONFIG, atomic adds).
 """
 
 from __future__ import annotations

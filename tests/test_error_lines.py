@@ -1,6 +1,6 @@
 """Every error a user can cause ends with one line, ``ablate: error: <Type>: <message>``, naming the
 file or key and what to do; a traceback only for bugs or with ``ABLATE_DEBUG=1``; under DDP the
-first real error is the last line printed (README, "Reliability").
+first real error is the last line printed (docs/reliability.md, "One line, always").
 
 Most cases run ``experiments.cli.main`` in this process; the DDP ones run the real ``ablate``.
 """

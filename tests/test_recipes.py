@@ -222,7 +222,7 @@ def test_mixup_cutmix_soft_targets_train_end_to_end(synthetic_mnist: Path) -> No
     ],
 )
 def test_dropout_knobs_reach_every_dropout(name: str, overrides: dict, expected: dict) -> None:
-    """The README's dropout table: `overrides` of ZooModel set every dropout of the network."""
+    """The dropout table of docs/recipes.md: `overrides` of ZooModel set every dropout of the network."""
     from architectures import ZooModel
 
     network = ZooModel(name, num_classes=10, in_chans=3, overrides=overrides)

@@ -1,5 +1,5 @@
 """A run runs what its config says, one process per run folder, and runs that cannot mean anything
-are refused (README, "Reliability"): lightning_modules/run_guards.py and run_lock.py.
+are refused (docs/reliability.md, "A run runs what its config says"): lightning_modules/run_guards.py and run_lock.py.
 
 The runs are `experiments.cli.main` in this process (LeNet-5 on 300 synthetic digits, 3 batches
 an epoch); the lock is held by another process, or by a second open file in this one (``flock``

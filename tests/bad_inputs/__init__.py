@@ -9,7 +9,7 @@ the inputs ``write_inputs`` creates (``{config}`` is a LeNet-5 on synthetic MNIS
 ``--trainer.fast_dev_run``). Add a case: one ``Case`` line, plus an input in ``write_inputs`` if
 it needs a new file.
 
-Rule for batch size under DDP (README, "Reliability"): ``batch_size`` is per process, so any
+Rule for batch size under DDP (docs/reliability.md, "Clear failures"): ``batch_size`` is per process, so any
 batch size works with any number of processes (the global batch is ``processes x batch_size``)
 and nothing has to divide anything; what must hold is ``batch_size >= 1``.
 """
