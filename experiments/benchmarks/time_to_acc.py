@@ -36,6 +36,8 @@ import torch.nn.functional as F
 import torchvision
 import yaml
 
+from experiments.benchmarks.side_by_side import REAL_CIFAR, interleaved, machine
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "experiments" / "fast_cifar10.yaml"
 
@@ -255,7 +257,6 @@ def project_side(network: str, data_dir: Path, epochs: int, target: float, seed:
 
 
 def bench_time_to_acc(args: argparse.Namespace) -> dict:
-    from experiments.benchmarks.side_by_side import REAL_CIFAR, interleaved, machine
     from lightning_modules import speed
 
     data_dir = args.data_dir or REAL_CIFAR
