@@ -11,8 +11,6 @@ or milestones as fractions of however long training runs. The classes here do th
   al. 2015 (arXiv 1512.03385, section 4.2) train ResNet-110 on CIFAR-10 at 0.01 "until the
   training error is below 80% (about 400 iterations)", then 0.1, divided by 10 at 32k and 48k
   iterations, stopping at 64k.
-- ``WarmupMultiStepLR``: the same with everything in fractions of training, under the argument
-  names the study configs (``experiments/studies/*/base.yaml``) use.
 - ``WarmupCosine``: optional warm-up, then half a cosine down to ``min_factor`` times the base
   rate at the last step (Loshchilov & Hutter 2017, arXiv 1608.03983, without restarts; the
   linear warm-up is Goyal et al. 2017, arXiv 1706.02677, section 2.2).
@@ -31,7 +29,8 @@ filled in by the classifier as ``min_warmup_steps``, and applied by it to ``OneC
 short to hold the floor gets a warm-up of half its steps and a peak lowered in proportion, so the
 rate never climbs faster than the floor allows. Runs whose warm-up already reaches the floor, every
 full-length recipe here, keep their schedule exactly; warm-ups in steps are taken as written, and
-the studies' ``WarmupMultiStepLR`` keeps its fractions as they are (its tiers are measured so).
+the studies (``experiments/studies/*/base.yaml``) set ``min_warmup_steps: 0``: each tier warms up
+over the same fraction of its run as the full-length protocol.
 """
 
 from __future__ import annotations
@@ -160,7 +159,8 @@ class WarmupMultiStep(_StepSchedule):
             epochs, or ``[0.5, 0.75]`` of training), counted from the start of training.
         gamma: Factor applied at each milestone.
         unit: Unit of ``milestones``: ``"step"``, ``"epoch"`` or ``"fraction"``.
-        warmup: Length of the warm-up in ``warmup_unit``s (0 = none).
+        warmup: Length of the warm-up in ``warmup_unit``s (0 = none; He et al.'s 400 of 64k iterations
+            is 0.00625 as a fraction).
         warmup_unit: Unit of ``warmup``.
         warmup_factor: Rate at the start of warm-up as a fraction of the base rate (0.1 turns
             He et al.'s base 0.1 into their 0.01).
@@ -201,38 +201,6 @@ class WarmupMultiStep(_StepSchedule):
         drops = bisect.bisect_right(self.milestone_steps, step)
         warmup = warmup_factor_at(step, self.warmup_steps, self.warmup_factor, self.warmup_mode)
         return self.peak_scale * self.gamma**drops * warmup
-
-
-class WarmupMultiStepLR(WarmupMultiStep):
-    """``WarmupMultiStep`` with milestones and warm-up as fractions of training (the studies' form).
-
-    Args:
-        optimizer: The optimiser whose rates are scheduled.
-        milestones: Where the rate drops, as fractions of all training steps.
-        gamma: Factor applied at each milestone.
-        warmup_steps: Length of the warm-up as a fraction of all training steps (0 = none;
-            He et al.'s 400 of 64k iterations is 0.00625).
-        warmup_factor: Rate during warm-up as a fraction of the base rate.
-        warmup: ``"constant"`` or ``"linear"`` warm-up.
-        total_steps: Optimiser steps of the run; filled from the trainer when None.
-        last_epoch: torch's resume index (-1 = start).
-    """
-
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        milestones: Sequence[float] = (0.5, 0.75),
-        gamma: float = 0.1,
-        warmup_steps: float = 0,
-        warmup_factor: float = 0.1,
-        warmup: WarmupMode = "constant",
-        total_steps: int | None = None,
-        last_epoch: int = -1,
-    ) -> None:
-        super().__init__(
-            optimizer, milestones, gamma, unit="fraction", warmup=warmup_steps, warmup_unit="fraction",
-            warmup_factor=warmup_factor, warmup_mode=warmup, total_steps=total_steps, last_epoch=last_epoch,
-        )  # fmt: skip
 
 
 class WarmupCosine(_StepSchedule):

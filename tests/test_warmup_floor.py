@@ -6,6 +6,7 @@ by the classifier from the trainer), and stepped without training.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from pathlib import Path
@@ -23,7 +24,6 @@ from lightning_modules.schedules import (
     WARMUP_FLOOR_STEPS,
     WarmupCosine,
     WarmupMultiStep,
-    WarmupMultiStepLR,
     floored_warmup,
 )
 
@@ -167,7 +167,63 @@ def test_untouched_warmups() -> None:
     in_steps = WarmupMultiStep(optimizer, milestones=[400], unit="step", warmup=40, warmup_unit="step",
                                min_warmup_steps=FLOOR, total_steps=500)
     assert in_steps.warmup_steps == 40 and in_steps.note is None
-    study = WarmupMultiStepLR(optimizer, milestones=[0.5, 0.75], warmup_steps=0.00625, total_steps=3520)
+    study = WarmupMultiStep(optimizer, milestones=[0.5, 0.75], warmup=0.00625, warmup_unit="fraction",
+                            min_warmup_steps=0, total_steps=3520)  # as the study configs give it
     assert study.warmup_steps == 22 and study.note is None
     assert floored_warmup(0, 100, FLOOR).steps == 0, "no warm-up asked, none added"
     assert floored_warmup(FLOOR, 10 * FLOOR, FLOOR).note is None
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``, key by key at every level (as a study's arm file on its base)."""
+    merged = dict(base)
+    for key, value in override.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both_dicts else value
+    return merged
+
+
+def study_schedules() -> list:
+    """Every study base and arm on ``WarmupMultiStep``, at every tier's length."""
+    cases = []
+    for base_file in sorted((EXPERIMENTS / "studies").glob("*/base.yaml")):
+        base = yaml.safe_load(base_file.read_text())
+        if not str((base["model"].get("lr_scheduler") or {}).get("class_path", "")).endswith(".WarmupMultiStep"):
+            continue
+        configs = {base_file.parent.name: base}
+        for arm_file in sorted((base_file.parent / "arms").glob("*.yaml")):
+            arm = yaml.safe_load(arm_file.read_text()) or {}
+            if "lr_scheduler" in (arm.get("model") or {}):
+                configs[f"{base_file.parent.name}-{arm_file.stem}"] = _merged(base, arm)
+        tiers = yaml.safe_load((base_file.parent / "study.yaml").read_text())["tiers"]
+        for name, config in configs.items():
+            for tier, settings in tiers.items():
+                cases.append(pytest.param(config, settings["trainer"]["max_steps"], id=f"{name}-{tier}"))
+    return cases
+
+
+def fractions_of_the_run(config: dict, total: int) -> list[float]:
+    """The rate at each step of a ``total``-step run with the schedule's milestones and warm-up taken
+    as fractions of that run and no floor: the schedule every study tier was measured with."""
+    args = config["model"]["lr_scheduler"]["init_args"]
+    lr = config["model"]["optimizer"]["init_args"]["lr"]
+    drops = sorted(round(fraction * total) for fraction in args["milestones"])
+    warmup, start = round(args.get("warmup", 0) * total), args.get("warmup_factor", 0.1)
+    out = []
+    for step in range(total):
+        ramp = 1.0
+        if step < warmup:
+            ramp = start if args.get("warmup_mode", "constant") == "constant" else start + (1 - start) * step / warmup
+        out.append(lr * (args["gamma"] ** bisect.bisect_right(drops, step) * ramp))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+@pytest.mark.parametrize("config, total", study_schedules())
+def test_study_tiers_keep_their_fractions(config, total, capsys) -> None:
+    """A study's short and smoke tiers warm up and drop the rate at the fractions of their run the full
+    protocol does (``min_warmup_steps: 0``, no floor), step for step as the studies were measured."""
+    optimizer, scheduler, steps, _ = build(config, max_steps=total)
+    assert steps == total
+    assert rates(optimizer, scheduler, total) == fractions_of_the_run(config, total)
+    assert "ablate:" not in capsys.readouterr().err
