@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.datasets import ImageNet
 from torchvision.datasets.imagenet import ARCHIVE_META, META_FILE, load_meta_file
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning_fabric.utilities.types import _PATH
+from fsspec.utils import get_protocol
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from lightning_modules.errors import CheckpointError
@@ -42,8 +41,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.refuse_non_finite = refuse_non_finite
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or get_protocol(str(path)) != "file":
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         path = Path(path)

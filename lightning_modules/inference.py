@@ -53,6 +53,8 @@ def cli_network_spec() -> dict[str, Any] | None:
     LightningCLI hands a module the configuration it resolved, links applied, while it builds it
     (the hyper-parameters ``save_hyperparameters`` takes); None outside the CLI.
     """
+    # Private to Lightning, but the only place the CLI puts the resolved arguments of the module it is
+    # building (`save_hyperparameters` reads them there; the classifier keeps the network out of hparams).
     try:
         from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
     except ImportError:  # another Lightning: checkpoints then need network= to load
@@ -107,8 +109,10 @@ def checkpoint_entry(module: ImageClassifier) -> dict[str, Any]:
     """The ``"inference"`` entry of ``module``'s checkpoints."""
     from lightning_modules.evaluation import class_names
 
-    trainer = module._trainer
-    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    try:
+        datamodule = getattr(module.trainer, "datamodule", None)
+    except RuntimeError:  # not attached to a Trainer
+        datamodule = None
     return {
         "network": module.network_spec,
         "data": data_spec(datamodule) if datamodule is not None else None,

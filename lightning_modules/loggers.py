@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning_fabric.utilities.logger import _convert_json_serializable, _convert_params, _sanitize_callable_params
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -90,6 +89,7 @@ class WandbLogger(_LightningWandbLogger):
             log_model=log_model,
             **kwargs,
         )
+        self._given_name = name
         self._tags = tags
         self._config_keys: set[str] | None = None  # init arguments the full config already holds
 
@@ -119,7 +119,7 @@ class WandbLogger(_LightningWandbLogger):
         network_name = (network.get("init_args") or {}).get("name") or str(network.get("class_path", "model"))
         network_name = network_name.rsplit(".", 1)[-1]
         run = self.experiment
-        if self._wandb_init.get("name") is None:
+        if self._given_name is None:
             run.name = f"{network_name}-seed{config.get('seed_everything')}"
         if self._tags is None:
             data_name = str(data.get("class_path", "")).rsplit(".", 1)[-1]
@@ -132,12 +132,12 @@ class WandbLogger(_LightningWandbLogger):
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
         """Add hyper-parameters to the run config, leaving out those the full config already holds."""
-        params = _convert_json_serializable(_sanitize_callable_params(_convert_params(params)))
+        params = dict(vars(params) if isinstance(params, Namespace) else params or {})
         if self._config_keys is not None:
             # `_instantiator` / `_class_path` are LightningCLI's bookkeeping, not hyper-parameters.
             params = {k: v for k, v in params.items() if k not in self._config_keys and not k.startswith("_")}
         if params:
-            self.experiment.config.update(params, allow_val_change=True)
+            super().log_hyperparams(params)
 
 
 def group_by_experiment(loggers: list[Any]) -> None:
@@ -151,6 +151,8 @@ def group_by_experiment(loggers: list[Any]) -> None:
 
     name = next((logger.name for logger in loggers if isinstance(logger, (CSVLogger, TensorBoardLogger))), None)
     for logger in loggers:
+        # Lightning's logger takes the group only as a constructor argument and has no public way to ask
+        # whether the run started: its `_experiment` and `_wandb_init` (the arguments of `wandb.init`) say.
         if isinstance(logger, WandbLogger) and logger._experiment is None and logger._wandb_init.get("group") is None:
             logger._wandb_init["group"] = name or None
 

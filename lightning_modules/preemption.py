@@ -32,6 +32,8 @@ class TrainingInterrupted(SIGTERMException):
 def _slurm_owns_sigusr1(trainer: pl.Trainer) -> bool:
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
+    # Private, but where Lightning's own SIGUSR1 handler looks (its signal connector): the public
+    # `trainer.strategy` holds no cluster environment on one device, where SLURM may still requeue.
     environment = trainer._accelerator_connector.cluster_environment
     return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
 

@@ -58,7 +58,7 @@ class ThrottledRichProgressBar(RichProgressBar):
 
     def _steps_bound(self) -> bool:
         """Whether ``max_steps`` ends this run before ``max_epochs`` would (or alone)."""
-        trainer = self._trainer
+        trainer = self._trainer  # None before setup (the public `trainer` raises then)
         if trainer is None or trainer.max_steps is None or trainer.max_steps < 0:
             return False
         if trainer.max_epochs is None or trainer.max_epochs < 0 or math.isinf(trainer.num_training_batches):
@@ -75,6 +75,8 @@ class ThrottledRichProgressBar(RichProgressBar):
         if self._steps_bound():
             self._update(self.train_progress_bar_id, trainer.global_step)
 
+    # `_update` and `_get_train_description` are private to RichProgressBar, but they are where it sets
+    # the training bar's count and label, and it has no public hook for either (it counts batches).
     def _update(self, progress_bar_id: Any, current: int, visible: bool = True, hard: bool = False) -> None:
         if progress_bar_id is not None and progress_bar_id == self.train_progress_bar_id and self._steps_bound():
             current = self.trainer.global_step  # across epochs, not the batch of this one

@@ -166,6 +166,8 @@ def open_metrics_history(trainer: pl.Trainer, resume_step: int) -> None:
     if trainer.global_rank != 0:
         return
     for logger in trainer.loggers:
+        # CSVLogger builds its writer on first use and takes no writer from outside: setting its private
+        # `_experiment` before that use (in the folder its `_fs` would make) is the only way in.
         if isinstance(logger, CSVLogger) and logger._experiment is None:
             logger._fs.makedirs(logger.root_dir, exist_ok=True)
             logger._experiment = MetricsHistoryWriter(logger.log_dir, resume_step)

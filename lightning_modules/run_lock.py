@@ -168,7 +168,9 @@ def lock_run_folder(trainer: pl.Trainer, trainer_config: Any) -> Path | None:
                 holder = describe_holder(busy.holder)
                 raise ConfigError(f"run folder {busy.folder} is in use by another ablate process ({holder}); "
                                   "wait for it or choose another folder") from None
-            for each in trainer.loggers:  # the loggers share the version (cli._align_logger_versions)
+            # Loggers share the version (cli._align_logger_versions) and offer no setter for it: their
+            # private `_version` is what their read-only `version` returns.
+            for each in trainer.loggers:
                 if hasattr(each, "_version"):
                     each._version = version + 1
     raise ConfigError(f"no free run folder next to {folder}")

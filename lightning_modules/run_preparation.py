@@ -102,7 +102,8 @@ def check_run(cli: Any, checkpoint: dict[str, Any] | None) -> Path | None:
     folder = run_lock.lock_run_folder(cli.trainer, run.get("trainer")) if subcommand else None
     try:
         if subcommand == "fit" and run.get("ckpt_path") not in (None, "best", "hpc"):
-            # Compared as SaveConfigCallback would write it, so equal settings compare equal.
+            # Compared as SaveConfigCallback would write it, so equal settings compare equal; LightningCLI
+            # keeps the subcommand's parser, which writes it, behind its private `_parser` alone.
             current = yaml.safe_load(cli._parser(subcommand).dump(run, skip_none=False)) or {}
             run_guards.check_resumed_config(current, fixed_run_folder(run.get("trainer")), run["ckpt_path"])
         if subcommand:
