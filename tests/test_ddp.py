@@ -74,7 +74,7 @@ def test_ablate_fit_ddp_two_processes(ddp_run) -> None:
 
 @pytest.mark.end_to_end
 def test_wandb_under_ddp_is_one_run_with_the_config_once(ddp_run) -> None:
-    from lightning_modules.loggers import read_wandb_run
+    from tests.wandb_runs import read_wandb_run
 
     root, _, result = ddp_run
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules.loggers import read_wandb_run, wandb_credentials_available
+from lightning_modules.loggers import wandb_credentials_available
 from tests.support import QUICK, REPO, run_ablate
+from tests.wandb_runs import read_wandb_run
 
 
 @pytest.mark.end_to_end

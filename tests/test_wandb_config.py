@@ -14,23 +14,10 @@ import yaml
 
 from experiments.studies import sweep
 from experiments.studies.study import load_study
-from lightning_modules.loggers import _wandb_records, read_wandb_run
 from tests.support import QUICK, REPO, run_ablate
+from tests.wandb_runs import config_updates, read_wandb_run
 
 SENTINEL = "sentinel0123456789abcdef0123456789abcdef01"  # 42 characters, shaped like a W&B key
-
-
-def _config_records(run_dir: Path) -> list[set[str]]:
-    """The keys of every config update in the run file, in order."""
-    from wandb.proto import wandb_internal_pb2
-
-    updates = []
-    for raw in _wandb_records(next(run_dir.glob("run-*.wandb"))):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "config":
-            updates.append({item.key or "/".join(item.nested_key) for item in record.config.update})
-    return updates
 
 
 @pytest.mark.end_to_end
@@ -52,7 +39,7 @@ def test_config_once_summary_and_no_api_key_on_disk(synthetic_mnist: Path, tmp_p
     saved = yaml.safe_load((tmp_path / "runs" / "quickstart_fast" / "version_0" / "config.yaml").read_text())
     for section in ("trainer", "model", "data", "seed_everything"):
         assert logged["config"][section] == json.loads(json.dumps(saved[section])), section
-    full_updates = [keys for keys in _config_records(runs[0]) if "model" in keys]
+    full_updates = [keys for keys in config_updates(runs[0]) if "model" in keys]
     assert len(full_updates) == 1, "the resolved config is logged once, also with a test pass after fit"
     root_keys = set(logged["config"]) - {"_wandb", *saved}
     assert root_keys == {"model/params", "model/trainable_params", "model/network"}, root_keys
@@ -99,11 +86,11 @@ def test_study_report_pushed_as_a_wandb_table_offline(tmp_path: Path) -> None:
     runs = list((out / "resnet_depth" / "smoke" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     logged = read_wandb_run(runs[0])
-    row = next(row for row in logged["history"] if "resnet_depth/table/_type" in row)  # nested keys, flattened
-    assert row["resnet_depth/table/_type"] == "table-file"
-    assert row["resnet_depth/chart/_type"] == "image-file"
-    assert (runs[0] / "files" / row["resnet_depth/chart/path"]).is_file()
-    table = json.loads((runs[0] / "files" / row["resnet_depth/table/path"]).read_text())
+    row = next(row for row in logged["history"] if "resnet_depth/table._type" in row)  # nested keys, as W&B spells them
+    assert row["resnet_depth/table._type"] == "table-file"
+    assert row["resnet_depth/chart._type"] == "image-file"
+    assert (runs[0] / "files" / row["resnet_depth/chart.path"]).is_file()
+    table = json.loads((runs[0] / "files" / row["resnet_depth/table.path"]).read_text())
     assert table["columns"] == ["arm", "paper", "mean", "std", "median", "n", "failed"]
     by_arm = {line[0]: line for line in table["data"]}
     assert by_arm["ResNet-20"][2] == 9.25 and by_arm["plain-20"][5] == 2
