@@ -153,7 +153,7 @@ class AblateCLI(LightningCLI):
         if line and rank_zero_only.rank == 0:  # one line per run, not one per DDP process
             print(line, flush=True)
 
-    # --- Reliability (lightning_modules/run_preparation.py, README "Reliability") ---------------
+    # --- Reliability (lightning_modules/run_preparation.py, docs/reliability.md) ----------------
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         # Before Lightning reads the checkpoint's hyper-parameters: weights_only defaults to True,
         # `--ckpt_path last` finds the newest last.ckpt (and fit logs into its version_N), the

@@ -4,7 +4,7 @@
   truncated, corrupt or unsafe file is a ``CheckpointError`` saying which.
 - ``check_checkpoint_fits``: weights of another network, another number of classes or input
   channels, or non-finite weights (a diverged run's), named before Lightning loads them
-  (README, "Reliability").
+  (docs/reliability.md, "Safe loading" and "Clear failures").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``ExactResume``: the torch, CUDA, NumPy and Python RNG states travel in every checkpoint, so a run
 resumed at an epoch boundary draws the same shuffles, augmentations and dropout masks as the
 uninterrupted run and ends with bitwise identical weights; the loggers are flushed with every
-checkpoint, so ``metrics.csv`` on disk holds the rows up to it (README, "Reliability").
+checkpoint, so ``metrics.csv`` on disk holds the rows up to it (docs/reliability.md, "Resume after a kill").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``CheckpointOnSignal`` handles SIGTERM (Lightning's own SIGTERM handling is kept) and SIGUSR1 (only
 outside SLURM auto-requeue, where Lightning's ``SLURMEnvironment`` owns that signal): it saves
 ``checkpoints/last.ckpt`` at the next training batch end, and ``--ckpt_path last`` continues there
-(README, "Reliability").
+(docs/reliability.md, "Signals").
 """
 
 from __future__ import annotations

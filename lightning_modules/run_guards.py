@@ -1,4 +1,6 @@
-"""Runs that cannot mean anything are refused before they start (README, "Reliability").
+"""Runs that cannot mean anything are refused before they start.
+
+Where the guarantee is stated: docs/reliability.md, "A run runs what its config says".
 
 - ``check_run_has_an_end``: ``max_epochs=-1`` with ``max_steps=-1`` and no ``max_time`` trains
   until the process is killed.

@@ -5,7 +5,7 @@ guards (``run_guards``), ``--ckpt_path last`` resolved (``run_folders.find_last_
 checkpoint loaded safely (``checkpoint_loading``). ``check_run`` works once the classes exist: the
 checkpoint fits the network, a resume keeps the run's settings, and the run folder is locked for
 this process (``run_lock``). Both run before any data is read, so a run that cannot work ends in
-one line without having loaded anything (README, "Reliability").
+one line without having loaded anything (docs/reliability.md, "One line, always").
 """
 
 from __future__ import annotations

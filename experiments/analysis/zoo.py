@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         if reason:
             raise ValueError(f"cannot write --plot {args.plot}: {reason}; choose another path")
     rows = zoo_rows(args.pattern, args.family, with_macs=not args.no_macs)
-    if not rows:  # an error in ablate's one-line form, like every other (README, "Reliability")
+    if not rows:  # an error in ablate's one-line form, like every other (docs/reliability.md, "One line, always")
         family = f" in --family {args.family!r}" if args.family else ""
         raise KeyError(f"no registered network matches --pattern {args.pattern!r}{family} "
                        f"(of {len(architectures.list_models())}); `ablate zoo` lists them all")

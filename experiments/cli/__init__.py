@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into an exit status
         from experiments.cli import error_lines
 
-        # The last line printed is this error's, in one line (README, "Reliability"): under DDP the
+        # The last line printed is this error's, in one line (docs/reliability.md, "One line, always"): under DDP the
         # other ranks of this machine are stopped first, or, when one of them failed first and said
         # so, this rank prints nothing over its line.
         peer_failed = error_lines.is_peer_failure(error)
