@@ -20,23 +20,12 @@ real loop of both, reporting the share of step time spent on data.
 
 Measured on the CPU: the pessimistic case, where augmentation and decoding compete with the
 network for the same cores; on a GPU the network moves off them and the data share only shrinks.
-Target: loader >= 10x the images/s training consumes; data time < 5% of step time.
-
-Measured once on the 2-core CPU dev box while another training job kept it loaded (load average
-3.5 at the start, 4.2 at the end), ``OMP_NUM_THREADS=1`` (one torch thread), real data,
-``ablate bench data --batches 20 --steps 5``; short runs on a busy box, so read the ratios, not
-the last digit:
-
-| data path                                 | loader images/s  | training images/s         | ratio      |
-|-------------------------------------------|------------------|---------------------------|------------|
-| MNIST ``none`` / ``shift``                | 103,600 / 62,600 | 948 (``inception_mnist``) | 109x / 66x |
-| CIFAR-10 ``standard``                     | 24,100           | 189 (ResNet-20)           | 127x       |
-| CIFAR-10 ``randaugment`` (slowest preset) | 3,200            | 189 (ResNet-20)           | 17x        |
-| JPEG folder, 2 workers, 32 px             | 4,000            | 189 (ResNet-20)           | 21x        |
-
-CIFAR-10 decoding took 14.7 s on the first run and 0.7 s from the cache; the real loop spent
-1.1% of its step time on data. Batch transforms run with one CPU thread (see
-``datamodules.batch_augment.single_thread_on_cpu``).
+Target: loader >= 10x the images/s training consumes; data time < 5% of step time. The verdict is
+a ratio of two rates taken on the same machine in the same run, so a loaded or slow machine slows
+both and the ratio still says whether data keeps up. Batch transforms run with one CPU thread
+(``datamodules.batch_augment.single_thread_on_cpu``): a batch's augmentation is many small ops,
+which a thread pool slows down, the more so on busy cores. Measured figures, idle and loaded:
+docs/benchmarks.md, "Data path".
 
 Usage::
 

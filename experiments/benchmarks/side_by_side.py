@@ -39,11 +39,11 @@ def _side_process(conn, run: Callable[[], Any]) -> None:
         except Exception as error:  # noqa: BLE001 - reported by the parent, which stops the comparison
             result = ("error", f"{type(error).__name__}: {error}")
         # Lightning's trainer, module and data module reference one another, so a finished fit is
-        # freed only when Python's cycle collector next makes a full pass, and the next repeat ran
-        # beside it: for ResNet-20, 240 MB more RSS a repeat, page faults per step 9k -> 19k by the
-        # third, per-repeat ratios against the plain loop down to 0.90 by the seventh. `ablate fit`
-        # runs one fit per process and never meets this; collect here, between repeats and outside
-        # the timed steps, on both sides alike.
+        # freed only when Python's cycle collector next makes a full pass; until then each repeat
+        # would run beside the garbage of the ones before it and slow down from one to the next, a
+        # cost a user's `ablate fit` (one fit per process) never pays. Collect here, between repeats
+        # and outside the timed steps, on both sides alike (what it cost: docs/benchmarks.md,
+        # "How it got there").
         gc.collect()
         conn.send(result)
 
