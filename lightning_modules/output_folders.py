@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.config_lookup import as_list, lookup
 from lightning_modules.errors import ConfigError
 
 # One file or folder name, and a whole path, in bytes (Linux's NAME_MAX and PATH_MAX).
@@ -20,30 +21,21 @@ _NAME_MAX = 255
 _PATH_MAX = 4096
 
 
-def _get(namespace: Any, key: str) -> Any:
-    return namespace.get(key) if namespace is not None and hasattr(namespace, "get") else None
-
-
-def _as_list(value: Any) -> list:
-    if value is None or isinstance(value, bool):
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def output_folders(run: Any) -> list[tuple[str, str]]:
     """``(setting, folder)`` for every folder ``run`` (one subcommand's config) writes into."""
-    trainer = _get(run, "trainer")
+    trainer = lookup(run, "trainer")
     found = []
-    root = _get(trainer, "default_root_dir")
+    root = lookup(trainer, "default_root_dir")
     if root:
         found.append(("trainer.default_root_dir", str(root)))
-    for logger in _as_list(_get(trainer, "logger")):
-        save_dir = _get(_get(logger, "init_args"), "save_dir")
+    # `logger: true/false` comes through as [True]/[False]: a bool has no init_args, so no folder.
+    for logger in as_list(lookup(trainer, "logger")):
+        save_dir = lookup(logger, "init_args", "save_dir")
         if save_dir:
-            name = str(_get(logger, "class_path") or "logger").rsplit(".", 1)[-1]
+            name = str(lookup(logger, "class_path") or "logger").rsplit(".", 1)[-1]
             found.append((f"trainer.logger ({name}) save_dir", str(save_dir)))
-    for callback in _as_list(_get(trainer, "callbacks")):
-        dirpath = _get(_get(callback, "init_args"), "dirpath")
+    for callback in as_list(lookup(trainer, "callbacks")):
+        dirpath = lookup(callback, "init_args", "dirpath")
         if dirpath:
             found.append(("trainer.callbacks (ModelCheckpoint) dirpath", str(dirpath)))
     return found

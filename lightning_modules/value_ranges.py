@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_modules.config_lookup import lookup
 from lightning_modules.errors import ConfigError
 
 # key under `trainer` -> (smallest allowed value, what the value means); None always allowed.
@@ -23,22 +24,14 @@ _TRAINER_MINIMUM: dict[str, tuple[float, str]] = {
 }
 
 
-def _get(namespace: Any, *keys: str) -> Any:
-    for key in keys:
-        if namespace is None or not hasattr(namespace, "get"):
-            return None
-        namespace = namespace.get(key)
-    return namespace
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_value_ranges(run: Any) -> None:
     """Raise ``ConfigError`` for the first setting of ``run`` (one subcommand's config) that is out of range."""
-    trainer = _get(run, "trainer")
-    interval = _get(trainer, "val_check_interval")
+    trainer = lookup(run, "trainer")
+    interval = lookup(trainer, "val_check_interval")
     if _is_number(interval) and interval == 0:
         raise ConfigError(
             "trainer.val_check_interval=0 would never validate (Lightning divides by it mid-epoch); give a "
@@ -50,12 +43,12 @@ def check_value_ranges(run: Any) -> None:
             "a number of training batches is an integer"
         )
     for key, (minimum, meaning) in _TRAINER_MINIMUM.items():
-        value = _get(trainer, key)
+        value = lookup(trainer, key)
         if _is_number(value) and value < minimum:
             raise ConfigError(f"trainer.{key}={value} is out of range: it is {meaning}")
-    workers = _get(run, "data", "init_args", "num_workers")
+    workers = lookup(run, "data", "init_args", "num_workers")
     if workers is None:
-        workers = _get(run, "data", "num_workers")
+        workers = lookup(run, "data", "num_workers")
     if _is_number(workers) and workers < 0:
         raise ConfigError(
             f"data.init_args.num_workers={workers} is out of range: it is the number of loader processes "
