@@ -96,6 +96,13 @@ class AblateCLI(LightningCLI):
             help="auto: where --trainer.precision or --model.channels_last is unset, use what is fastest on "
             "this device (bf16-mixed + channels_last where it has native bf16); off: unset means fp32, contiguous.",
         )
+        # Recipe parts that are callbacks, always present and off by default, so `--ema.decay 0.999` or a
+        # preset's `ema:` composes with the other configs (a list under trainer.callbacks would replace them).
+        from lightning_modules.ema import EMA
+        from lightning_modules.transfer import FineTune
+
+        parser.add_lightning_class_args(EMA, "ema")
+        parser.add_lightning_class_args(FineTune, "fine_tune")
         parser.link_arguments("data.num_classes", "model.network.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.network.init_args.in_chans", apply_on="instantiate")
 

@@ -90,8 +90,11 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], pa
             f"{path} holds no model weights ('state_dict'); to start from plain weights use --model.weights {path}"
         )
     expected = model.state_dict()
+    # A classifier without an EMA gives a checkpoint's averaged weights a place as it loads them
+    # (ImageClassifier.on_load_checkpoint).
+    made_on_load = ("ema_network.",) if getattr(model, "ema_network", False) is None else ()
     missing = [key for key in expected if key not in saved]
-    unexpected = [key for key in saved if key not in expected]
+    unexpected = [key for key in saved if key not in expected and not key.startswith(made_on_load)]
     if (missing or unexpected) and getattr(model, "strict_loading", True):
         network = type(getattr(model, "network", model)).__name__
         raise CheckpointError(

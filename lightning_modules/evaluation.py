@@ -1,4 +1,8 @@
-"""Test-time reports: per-class accuracy and the confusion matrix, sent to every active logger.
+"""What an evaluation covered and per-class results: the classifier's reports after validation and test.
+
+After each evaluation: the images and classes it covered (``val/images``, ``val/classes_seen``; one
+line on stderr when ``limit_*_batches`` cut it short). After a test: per-class accuracy and the
+confusion matrix, sent to every active logger.
 
 TensorBoard gets the figure (``add_figure``), W&B a ``wandb.Image``, and a CSV logger's run folder
 ``confusion_matrix.png`` plus ``confusion_matrix.csv`` (counts, rows = true class) and
@@ -8,13 +12,20 @@ TensorBoard gets the figure (``add_figure``), W&B a ``wandb.Image``, and a CSV l
 from __future__ import annotations
 
 import csv
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from torchmetrics import Metric
 
 from lightning_modules.files import open_atomic
+
+# Per-class accuracies are logged as scalars up to this many classes; all of them always go to
+# per_class_accuracy.csv (ImageNet's 1000 columns would swamp metrics.csv).
+PER_CLASS_SCALARS = 20
 
 # Above this many classes the figure drops its tick labels and cell counts (ImageNet's 1000
 # would be unreadable ink); the CSV files always hold everything.
@@ -97,3 +108,66 @@ def log_confusion_matrix(loggers: Sequence[object], confusion: torch.Tensor, nam
             write_csvs(confusion, names, folder)
             with open_atomic(folder / "confusion_matrix.png", "wb") as handle:
                 figure.savefig(handle, format="png")
+
+
+class ClassCounts(Metric):
+    """Images per class an evaluation saw, summed over processes: what a limited evaluation covered.
+
+    One ``bincount`` per batch. The state is not persistent (torchmetrics' default), so checkpoints
+    neither carry nor expect it.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("counts", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, targets: torch.Tensor) -> None:
+        self.counts += torch.bincount(targets, minlength=self.num_classes)
+
+    def compute(self) -> torch.Tensor:
+        return self.counts
+
+
+def report_coverage(module: Any, stage: str, counts: torch.Tensor, said: set[tuple[str, int]]) -> None:
+    """Log the images and classes ``stage`` evaluated (``counts``: images per class, summed over
+    processes); when that was less than the whole split (``limit_*_batches``), say so in one line on
+    stderr, once per stage and epoch (``said`` remembers)."""
+    counts = counts.cpu()
+    images, seen = int(counts.sum()), int((counts > 0).sum())
+    module.log(f"{stage}/images", float(images), sync_dist=True)
+    module.log(f"{stage}/classes_seen", float(seen), sync_dist=True)
+    trainer = module.trainer
+    loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    try:
+        total = sum(len(loader.dataset) for loader in loaders)
+    except (AttributeError, TypeError):  # a dataset without a length: nothing to compare with
+        return
+    key = (stage, module.current_epoch)
+    if images >= total or key in said or not trainer.is_global_zero:
+        return
+    said.add(key)
+    num_classes = len(counts)
+    if num_classes <= PER_CLASS_SCALARS:
+        names = class_names(getattr(trainer, "datamodule", None), num_classes)
+        detail = ": " + ", ".join(f"{name} {count}" for name, count in zip(names, counts.tolist(), strict=True))
+    else:
+        detail = f", {int(counts.min())} to {int(counts.max())} images each"
+    print(f"ablate: {stage} limited to {images:,} of {total:,} images "
+          f"({seen} of {num_classes} classes{detail})", file=sys.stderr, flush=True)
+
+
+def report_confusion(module: Any, confusion: torch.Tensor) -> None:
+    """Per-class test accuracy as scalars (up to ``PER_CLASS_SCALARS`` classes) and the confusion
+    matrix to every logger (rank zero)."""
+    num_classes = len(confusion)
+    names = class_names(getattr(module.trainer, "datamodule", None), num_classes)
+    if num_classes <= PER_CLASS_SCALARS:
+        for name, accuracy in zip(names, per_class_accuracy(confusion), strict=True):
+            if not torch.isnan(accuracy):
+                module.log(f"test/acc_class/{name}", accuracy.float(), sync_dist=True)
+    if module.trainer.is_global_zero:
+        log_confusion_matrix(module.loggers, confusion, names, module.global_step)

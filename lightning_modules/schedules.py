@@ -36,13 +36,15 @@ over the same fraction of its run as the full-length protocol.
 from __future__ import annotations
 
 import bisect
+import inspect
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 
 Unit = Literal["step", "epoch", "fraction"]
 WarmupMode = Literal["constant", "linear"]
@@ -253,3 +255,97 @@ class WarmupCosine(_StepSchedule):
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - 1 - self.warmup_steps))
         cosine = self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.peak_scale * cosine
+
+
+# ----- building a configured schedule against a trainer ----------------------------------------
+
+
+def _scheduler_class(factory: Any) -> type | None:
+    """The scheduler class behind a factory: jsonargparse's partial, functools.partial or a class."""
+    for candidate in (*getattr(factory, "args", ()), getattr(factory, "func", None), factory):
+        if isinstance(candidate, type):
+            return candidate
+    return None
+
+
+def build_scheduler(
+    factory: Callable[..., LRScheduler], optimizer: Optimizer, trainer: Any, interval: str | None = None
+) -> tuple[LRScheduler, str]:
+    """The configured schedule with the lengths it left unset filled from ``trainer``, and its interval.
+
+    ``total_steps`` / ``steps_per_epoch`` come from the trainer (epochs, or optimiser steps),
+    ``min_warmup_steps`` is ``WARMUP_FLOOR_STEPS``, OneCycleLR's ``max_lr`` keeps each parameter group's
+    learning-rate multiplier and its warm-up gets the same floor. ``interval`` None takes the schedule's
+    own ``interval`` (``"step"`` for the schedules here), else ``"epoch"``.
+    """
+    cls = _scheduler_class(factory)
+    name = cls.__name__ if cls is not None else "the schedule"
+    declared = getattr(cls, "interval", None)
+    if interval and declared and declared != interval:
+        raise ValueError(f"{name} is stepped every {declared}; drop scheduler_interval or set it to {declared!r}")
+    interval = interval or declared or "epoch"
+    keywords = getattr(factory, "keywords", {})
+    accepted = inspect.signature(cls).parameters if cls is not None else {}
+    fill: dict[str, Any] = {}
+    if "total_steps" in accepted and keywords.get("total_steps") is None and not keywords.get("epochs"):
+        fill["total_steps"] = _training_length(trainer, interval, name)
+    if "steps_per_epoch" in accepted and keywords.get("steps_per_epoch") is None and (
+        declared or keywords.get("epochs")
+    ):
+        fill["steps_per_epoch"] = _steps_per_epoch(trainer, interval)
+    if "min_warmup_steps" in accepted and keywords.get("min_warmup_steps") is None:
+        fill["min_warmup_steps"] = WARMUP_FLOOR_STEPS
+    multipliers = [group.get("lr_multiplier", 1.0) for group in optimizer.param_groups]
+    if isinstance(keywords.get("max_lr"), (int, float)) and any(m != 1.0 for m in multipliers):
+        # OneCycleLR sets every group's rate from max_lr: keep the groups' multipliers.
+        fill["max_lr"] = [keywords["max_lr"] * m for m in multipliers]
+    note = None
+    if cls is not None and issubclass(cls, OneCycleLR) and interval == "step" and "total_steps" in fill:
+        note = _floor_one_cycle(fill, keywords, accepted, name)
+    scheduler = factory(optimizer, **fill)
+    note = note or getattr(scheduler, "note", None)
+    if note and getattr(trainer, "is_global_zero", True):
+        print(f"ablate: {note}", file=sys.stderr, flush=True)
+    return scheduler, interval
+
+
+def _floor_one_cycle(fill: dict[str, Any], keywords: dict[str, Any], accepted: Any, name: str) -> str | None:
+    """OneCycleLR's warm-up (``pct_start`` of the run) given the floor of ``floored_warmup``:
+    ``pct_start`` and ``max_lr`` in ``fill`` changed only where the run is too short for it."""
+    total = fill["total_steps"]
+    pct_start = keywords.get("pct_start", accepted["pct_start"].default)
+    plan = floored_warmup(int(pct_start * total), total, WARMUP_FLOOR_STEPS, name)
+    if plan.note is None:
+        return None
+    fill["pct_start"] = plan.steps / total
+    max_lr = fill.get("max_lr", keywords.get("max_lr"))
+    if plan.peak_scale != 1.0 and max_lr is not None:
+        fill["max_lr"] = (
+            [lr * plan.peak_scale for lr in max_lr] if isinstance(max_lr, (list, tuple)) else max_lr * plan.peak_scale
+        )
+    return plan.note
+
+
+def _training_length(trainer: Any, interval: str, name: str) -> int:
+    """Scheduler steps of the whole run: epochs, or optimiser steps, from the trainer."""
+    if trainer is None:
+        raise ValueError(f"{name} needs total_steps, or a trainer with max_epochs/max_steps set")
+    total = trainer.max_epochs if interval == "epoch" else trainer.estimated_stepping_batches
+    if total is None or not math.isfinite(total) or total <= 0:
+        raise ValueError(f"{name} needs total_steps, or a trainer with max_epochs/max_steps set")
+    return int(total)
+
+
+def _steps_per_epoch(trainer: Any, interval: str) -> int | None:
+    """Scheduler steps per epoch: 1 per epoch, or the optimiser steps of one epoch; None for a
+    training set of unknown length (a schedule in epochs then says it needs steps_per_epoch)."""
+    if interval == "epoch":
+        return 1
+    if trainer is None:
+        return None
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches) or batches <= 0:
+        return None
+    return max(1, math.ceil(batches / trainer.accumulate_grad_batches))

@@ -1,5 +1,9 @@
 """Transfer learning: start from saved weights, freeze part of the network, find its head.
 
+``FineTune`` (``--fine_tune.*`` on ``ablate``) is the callback that freezes parameters by name prefix,
+keeps the frozen batch-norm layers' statistics, and trains the head at its own learning rate; the
+classifier's ``weights`` loads the starting weights.
+
 Weights come from a local state-dict file in torchvision's layout (the zoo's torchvision-layout
 networks share its keys: ``alexnet``, ``vgg*``, ``resnet*``, ``densenet*``, ...), from one of our
 own Lightning checkpoints (its ``network.`` keys), or from a torchvision weights name such as
@@ -20,7 +24,9 @@ import pickle
 from collections import OrderedDict
 from collections.abc import Iterable
 
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
@@ -154,10 +160,51 @@ def freeze(network: nn.Module, prefixes: Iterable[str]) -> list[str]:
 
 def frozen_norm_layers(network: nn.Module, prefixes: Iterable[str]) -> list[str]:
     """Names of the batch-norm layers under ``prefixes``: kept in eval mode so their running
-    statistics stay the checkpoint's (``freeze_bn_stats``)."""
+    statistics stay the checkpoint's (``FineTune``'s ``freeze_bn_stats``)."""
     prefixes = list(prefixes)
     return [
         name
         for name, module in network.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(matches(name, p) for p in prefixes)
     ]
+
+
+class FineTune(Callback):
+    """Fine-tuning: freeze part of the network, keep its batch-norm statistics, speed up the head.
+
+    Applied when a run sets up, before the optimiser is built (frozen parameters stay out of it) and
+    before Lightning wraps the network for DDP. Lightning's ``BaseFinetuning`` is built for unfreezing
+    on a schedule and rebuilds the optimiser's parameter groups on resume; nothing here unfreezes.
+
+    Args:
+        freeze: Parameter-name prefixes / module names of the network whose parameters are not
+            trained (``requires_grad=False``, left out of the optimiser), e.g. ``[features]``.
+        freeze_bn_stats: Keep the batch-norm layers under ``freeze`` in eval mode, so their running
+            statistics stay the loaded ones.
+        head_lr_multiplier: Multiplier of the learning rate of the network's head (its last module
+            with parameters, e.g. ``fc`` or ``classifier.6``); a prefix of the classifier's own
+            ``lr_multipliers`` wins over it.
+    """
+
+    def __init__(self, freeze: list[str] | None = None, freeze_bn_stats: bool = True,
+                 head_lr_multiplier: float = 1.0) -> None:
+        if head_lr_multiplier < 0:
+            raise ValueError(f"fine_tune.head_lr_multiplier must be >= 0, got {head_lr_multiplier}")
+        self.freeze = list(freeze or [])
+        self.freeze_bn_stats = freeze_bn_stats
+        self.head_lr_multiplier = head_lr_multiplier
+        self._frozen_norms: list[nn.Module] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        network = pl_module.network
+        if self.head_lr_multiplier != 1.0:
+            pl_module.lr_multipliers.setdefault(head_name(network), self.head_lr_multiplier)
+        freeze(network, self.freeze)
+        names = frozen_norm_layers(network, self.freeze) if self.freeze_bn_stats else []
+        self._frozen_norms = [network.get_submodule(name) for name in names]
+
+    def on_train_batch_start(self, *args: object) -> None:
+        # Lightning puts the whole module in train mode when training starts and after every
+        # validation; the frozen statistics go back to eval before any batch normalises with them.
+        for layer in self._frozen_norms:
+            layer.eval()

@@ -18,7 +18,8 @@ from datamodules import CIFAR10DataModule
 from datamodules.base import TensorImageDataset, class_interleaved_order
 from datamodules.cifar import CIFAR10_CLASSES
 from datamodules.synthetic import write_image_tree
-from lightning_modules.classifier import ClassCounts, ImageClassifier
+from lightning_modules.classifier import ImageClassifier
+from lightning_modules.evaluation import ClassCounts
 from lightning_modules.prediction_writer import CSVPredictionWriter
 from tests.support import QUICK, REPO
 

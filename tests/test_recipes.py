@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from architectures import create_model
-from lightning_modules import ImageClassifier
+from lightning_modules import EMA, FineTune, ImageClassifier
 from lightning_modules.param_groups import NORM_LAYERS
 from lightning_modules.prediction_writer import CSVPredictionWriter
 from lightning_modules.schedules import WarmupCosine, WarmupMultiStep
@@ -72,8 +72,8 @@ def test_no_weight_decay_for_norm_and_bias(optimizer) -> None:
 
 def test_lr_multipliers_longest_prefix_and_head() -> None:
     network = create_model("alexnet_cifar", num_classes=10, in_chans=3)
-    model = ImageClassifier(network, optimizer=sgd(0.1), lr_multipliers={"classifier": 2.0, "classifier.4": 3.0},
-                            head_lr_multiplier=10.0)
+    model = ImageClassifier(network, optimizer=sgd(0.1), lr_multipliers={"classifier": 2.0, "classifier.4": 3.0})
+    FineTune(head_lr_multiplier=10.0).setup(None, model, "fit")  # the head's multiplier, as the Trainer applies it
     optimizer = configured(model)[0]
     lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     expected = {"features": 0.1, "classifier.1": 0.2, "classifier.4": 0.3, "classifier.6": 1.0}
@@ -167,8 +167,8 @@ def test_scheduler_interval_defaults_and_conflicts() -> None:
 
 def test_one_cycle_keeps_the_groups_lr_multipliers() -> None:
     factory = schedule_from_yaml("class_path: torch.optim.lr_scheduler.OneCycleLR\ninit_args: {max_lr: 0.1}")
-    model = ImageClassifier(TinyNet(), optimizer=sgd(0.1), lr_scheduler=factory, head_lr_multiplier=10.0,
-                            scheduler_interval="step")
+    model = ImageClassifier(TinyNet(), optimizer=sgd(0.1), lr_scheduler=factory, scheduler_interval="step")
+    FineTune(head_lr_multiplier=10.0).setup(None, model, "fit")
     optimizer, scheduler, _ = configured(model, FakeTrainer(total_steps=1000))  # long enough for its warm-up
     assert scheduler.total_steps == 1000
     assert sorted(group["max_lr"] for group in optimizer.param_groups) == pytest.approx([0.1, 1.0])
@@ -249,12 +249,12 @@ def _accuracy(network: nn.Module, data: TinyData) -> float:
         return (network(data.images[:32]).argmax(1) == data.labels[:32]).float().mean().item()
 
 
-def test_ema_weights_differ_from_raw_and_are_evaluated_when_asked() -> None:
+def test_ema_weights_differ_from_raw_and_are_evaluated_when_asked(tmp_path: Path) -> None:
     torch.manual_seed(0)
     data = TinyData(batch_size=16)
     record = RecordWeights()
-    model = ImageClassifier(TinyNet(), optimizer=sgd(0.2), ema_decay=0.5, ema_eval=True)
-    trainer = quick_trainer(max_steps=4, callbacks=[record])
+    model = ImageClassifier(TinyNet(), optimizer=sgd(0.2))
+    trainer = quick_trainer(max_steps=4, callbacks=[record, EMA(decay=0.5, evaluate=True)])
     trainer.fit(model, datamodule=data)
     # The EMA follows the formula: first the weights after step 1, then 0.5 * ema + 0.5 * new.
     expected = dict(record.snapshots[0])
@@ -277,8 +277,16 @@ def test_ema_weights_differ_from_raw_and_are_evaluated_when_asked() -> None:
     assert metrics["val/acc_raw"] == pytest.approx(_accuracy(raw_copy, data))
     assert any(key.startswith("ema_network.module.") for key in model.state_dict()), "checkpointed"
     assert all(not p.requires_grad for p in model.ema_network.parameters())
-    with pytest.raises(ValueError, match="ema_eval needs an EMA"):
-        ImageClassifier(TinyNet(), ema_eval=True)
+    with pytest.raises(ValueError, match="ema.evaluate needs an EMA"):
+        EMA(evaluate=True)
+
+    # The checkpoint alone (no callback) loads the average and evaluates what the run evaluated.
+    trainer.save_checkpoint(tmp_path / "ema.ckpt")
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "ema.ckpt", network=TinyNet())
+    assert loaded.evaluate_ema and loaded.ema_active()
+    assert _accuracy(loaded.evaluated_network(), data) == pytest.approx(_accuracy(ema_copy, data))
+    for key, value in ema_state.items():
+        assert torch.equal(loaded.ema_network.module.state_dict()[key], value)
 
 
 # ----- precision and speed -------------------------------------------------------------------------
@@ -491,7 +499,7 @@ def test_recipe_knobs_from_the_command_line(synthetic_mnist: Path, tmp_path: Pat
         "fit", "--config", str(REPO / "experiments" / "quickstart_fast.yaml"),
         "--config", str(PRESETS / "recipes_cosine_adamw.yaml"),
         "--config", str(PRESETS / "recipes_regularisation.yaml"),
-        *QUICK, *data, "--trainer.precision=bf16-mixed", "--model.channels_last=true", "--model.ema_decay=0.9",
+        *QUICK, *data, "--trainer.precision=bf16-mixed", "--model.channels_last=true", "--ema.decay=0.9",
         "--model.tta_flip=true", "--model.lr_scheduler.init_args.warmup_unit=step", "--trainer.log_every_n_steps=1",
         "--test_after_fit=true",
         cwd=tmp_path,
@@ -502,7 +510,7 @@ def test_recipe_knobs_from_the_command_line(synthetic_mnist: Path, tmp_path: Pat
     model = saved["model"]
     assert model["optimizer"]["class_path"] == "torch.optim.AdamW" and model["weight_decay_norm_bias"] is False
     assert model["lr_scheduler"]["class_path"] == "lightning_modules.schedules.WarmupCosine"
-    assert (model["ema_decay"], model["channels_last"], model["tta_flip"], model["label_smoothing"]) == (
+    assert (saved["ema"]["decay"], model["channels_last"], model["tta_flip"], model["label_smoothing"]) == (
         0.9, True, True, 0.1)
     assert saved["trainer"]["precision"] == "bf16-mixed" and saved["trainer"]["gradient_clip_val"] == 1.0
     assert saved["data"]["init_args"]["mixup_alpha"] == 0.2

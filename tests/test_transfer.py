@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from pytorch_lightning.callbacks import Callback
 from torch import nn
 
 from architectures import create_model
 from lightning_modules import ImageClassifier
-from lightning_modules.transfer import head_name, load_weights
+from lightning_modules.transfer import FineTune, head_name, load_weights
 from tests.support import REPO, SHARED_DATA, run_ablate
 from tests.tiny_training import TinyData, configured, quick_trainer, sgd
 
@@ -85,14 +86,16 @@ def test_our_own_checkpoint_loads_as_weights(tmp_path: Path) -> None:
 def test_frozen_backbone_is_bitwise_unchanged_after_training() -> None:
     torch.manual_seed(0)
     model = ImageClassifier(create_model("alexnet_cifar", num_classes=4, in_chans=3), optimizer=sgd(0.05),
-                            freeze=["features"], weight_decay_norm_bias=False)
+                            weight_decay_norm_bias=False)
+    fine_tune = FineTune(freeze=["features"])
+    fine_tune.setup(None, model, "fit")  # what the Trainer does before it builds the optimiser
     before = {k: v.clone() for k, v in model.network.state_dict().items()}
     optimizer = configured(model)[0]
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for name, param in model.network.named_parameters():
         assert param.requires_grad == (not name.startswith("features.")), name
         assert (id(param) in in_optimizer) == param.requires_grad, name
-    quick_trainer(max_steps=3).fit(model, datamodule=TinyData(size=32))
+    quick_trainer(max_steps=3, callbacks=[fine_tune]).fit(model, datamodule=TinyData(size=32))
     after = model.network.state_dict()
     for key in before:
         changed = not torch.equal(before[key], after[key])
@@ -114,29 +117,47 @@ class TwoStages(nn.Module):
         return self.fc(self.stage(self.stem(x)).mean((2, 3)))
 
 
+class RecordModes(Callback):
+    """Whether the stem's and the stage's batch norms were in training mode at each training step."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bool, bool]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen.append((pl_module.network.stem[1].training, pl_module.network.stage[1].training))
+
+
 def test_freeze_bn_stats_keeps_running_statistics() -> None:
+    modes = RecordModes()
+
     def train(freeze_bn_stats: bool) -> tuple[dict, dict, ImageClassifier]:
         torch.manual_seed(0)
-        model = ImageClassifier(TwoStages(), optimizer=sgd(0.05), freeze=["stem"], freeze_bn_stats=freeze_bn_stats)
+        model = ImageClassifier(TwoStages(), optimizer=sgd(0.05))
         before = {k: v.clone() for k, v in model.network.state_dict().items()}
-        quick_trainer(max_steps=3, limit_val_batches=1, val_check_interval=2).fit(model, datamodule=TinyData())
+        callback = FineTune(freeze=["stem"], freeze_bn_stats=freeze_bn_stats)
+        quick_trainer(max_steps=3, limit_val_batches=1, val_check_interval=2, callbacks=[callback, modes]).fit(
+            model, datamodule=TinyData())
         return before, model.network.state_dict(), model
 
     before, after, model = train(freeze_bn_stats=True)
     for key in before:
         assert torch.equal(before[key], after[key]) == key.startswith("stem."), key
-    assert not model.network.stem[1].training, "still in eval mode after validation"
-    assert model.network.stage[1].training
-    assert model.eval().train().network.stem[1].training is False, "train() keeps it in eval mode"
+    # Steps 1 and 2, then a validation, then step 3: the frozen BN stays in eval mode throughout.
+    assert modes.seen == [(False, True)] * 3, modes.seen
+    modes.seen.clear()
 
     before, after, _ = train(freeze_bn_stats=False)
+    assert modes.seen == [(True, True)] * 3, modes.seen
     assert not torch.equal(before["stem.1.running_mean"], after["stem.1.running_mean"])
     assert torch.equal(before["stem.1.weight"], after["stem.1.weight"]), "the parameters stay frozen"
 
 
 def test_freeze_names_unknown_prefixes() -> None:
+    model = ImageClassifier(create_model("alexnet_cifar", num_classes=10, in_chans=3))
     with pytest.raises(ValueError, match="freeze: 'feature' matches no parameter of AlexNet"):
-        ImageClassifier(create_model("alexnet_cifar", num_classes=10, in_chans=3), freeze=["feature"])
+        FineTune(freeze=["feature"]).setup(None, model, "fit")
+    with pytest.raises(ValueError, match="head_lr_multiplier must be >= 0"):
+        FineTune(head_lr_multiplier=-1)
 
 
 @pytest.mark.skipif(not (CIFAR_JPEG / "train").is_dir(), reason=f"CIFAR-10 JPEG tree not found under {CIFAR_JPEG}")
@@ -173,12 +194,14 @@ def test_transfer_recipe_settings() -> None:
     import yaml
 
     model = yaml.safe_load(RECIPE.read_text())["model"]
+    fine_tune = yaml.safe_load(RECIPE.read_text())["fine_tune"]
     assert model["network"]["init_args"]["name"] == "alexnet"
-    assert model["freeze"] == ["features"] and model["skip_mismatched_head"] is True
+    assert fine_tune["freeze"] == ["features"] and model["skip_mismatched_head"] is True
     data = yaml.safe_load(RECIPE.read_text())["data"]
     assert data["class_path"] == "datamodules.CIFAR10DataModule" and data["init_args"]["resize"] == 224
     network = create_model("alexnet", num_classes=10, in_chans=3)
-    classifier = ImageClassifier(network, freeze=model["freeze"], head_lr_multiplier=model["head_lr_multiplier"])
+    classifier = ImageClassifier(network)
+    FineTune(**fine_tune).setup(None, classifier, "fit")
     groups = configured(classifier)[0].param_groups
     head = {id(p) for p in network.classifier[6].parameters()}
     assert {group["lr_multiplier"] for group in groups if head & {id(p) for p in group["params"]}} == {10.0}

@@ -65,7 +65,7 @@ class LoadedRun:
 
     @property
     def network(self) -> nn.Module:
-        """The weights the run's test reported: the EMA copy under ``ema_eval``, else the network."""
+        """The weights the run's test reported: the EMA copy under ``EMA(evaluate=True)``, else the network."""
         return self.module.evaluated_network()
 
 
