@@ -28,6 +28,18 @@ _NOISE = (
     "Expected a path but",
 )
 
+# Model settings that became callbacks' (lightning_modules/ema.py, transfer.FineTune): an old config
+# naming one is told where it went.
+_MOVED = {
+    "model.ema_decay": "ema.decay", "model.ema_eval": "ema.evaluate", "model.freeze": "fine_tune.freeze",
+    "model.freeze_bn_stats": "fine_tune.freeze_bn_stats", "model.head_lr_multiplier": "fine_tune.head_lr_multiplier",
+}
+
+
+def _moved_keys(text: str) -> str:
+    moved = [f"{old} is now {new}" for old, new in _MOVED.items() if re.search(rf"\b{re.escape(old)}\b", text)]
+    return f" ({'; '.join(moved)})" if moved else ""
+
 
 def condense_parser_error(message: str) -> str:
     """A multi-line message (jsonargparse's nested ones: every subtype it tried) as one line naming
@@ -45,7 +57,7 @@ def condense_parser_error(message: str) -> str:
     text = " ".join(lines) or message.strip()
     text = re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", text)
     text = re.sub(r"Expected an? (\w+)", r"expected a value of type \1", text)
-    return re.sub(r"\s+", " ", text)
+    return re.sub(r"\s+", " ", text) + _moved_keys(text)
 
 
 class ConfigErrorParser(LightningArgumentParser):

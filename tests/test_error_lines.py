@@ -131,6 +131,21 @@ def test_values_out_of_range_are_refused_before_the_run(flag: str, expect: str, 
     assert not (tmp_path / "runs").exists(), "refused before any folder was made"
 
 
+@pytest.mark.parametrize(("given", "expect"), [
+    (["--model.ema_decay=0.9"], "model.ema_decay is now ema.decay"),
+    (["--model.freeze=[features]"], "model.freeze is now fine_tune.freeze"),
+    ("model:\n  head_lr_multiplier: 10\n", "model.head_lr_multiplier is now fine_tune.head_lr_multiplier"),
+])
+def test_a_setting_that_became_a_callbacks_says_where_it_went(given: list[str] | str, expect: str, tmp_path: Path,
+                                                              monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    if isinstance(given, str):
+        (tmp_path / "old.yaml").write_text(given)
+        given = ["--config", str(tmp_path / "old.yaml")]
+    code, last, _ = _fails(["fit", "--config", str(_config(tmp_path)), *given], capsys)
+    assert code == 2 and last.startswith("ablate: error: ConfigError: ") and last.endswith(f"({expect})"), last
+
+
 def test_lightning_misconfiguration_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     code, last, err = _fails(["fit", "--config", str(_config(tmp_path)), "--trainer.max_time=abc"], capsys)
