@@ -151,8 +151,8 @@ def _leaves_a_cycle() -> bool:
 
 @pytest.mark.end_to_end
 def test_each_side_starts_a_repeat_with_the_last_ones_garbage_collected() -> None:
-    # A finished Lightning fit is a reference cycle (trainer, module, data: 240 MB for CIFAR-10);
-    # left for the cycle collector, it slowed the next repeat's steps by several percent.
+    # A finished Lightning fit is a reference cycle (trainer, module, data); left for the cycle
+    # collector, it would be collected during the next repeat's timed steps (docs/benchmarks.md).
     runs = side_by_side.interleaved({"a": _leaves_a_cycle}, 3)
     assert runs["a"] == [True, True, True]
 
