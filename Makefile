@@ -37,6 +37,7 @@ test-end-to-end: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 zoo: install
 	$(BIN)/ablate zoo --format md

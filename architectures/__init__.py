@@ -8,7 +8,7 @@ from architectures.registry import ModelInfo, ZooModel, create_model, list_model
 from architectures.resnet_parts import register_shortcut
 
 # Family modules register their builders on import.
-from architectures import alexnet, all_cnn, densenet, googlenet, inception_mnist, inception_v3, lenet, nin, resnet, torchvision_zoo, vgg, xception  # noqa: E402,E501,F401  isort: skip
+from architectures import alexnet, all_cnn, densenet, googlenet, inception_mnist, inception_v3, lenet, nin, resnet, torchvision_zoo, vgg, xception  # noqa: E402,E501,F401  isort: skip  # fmt: skip
 
 __all__ = [
     "AuxOutputs",

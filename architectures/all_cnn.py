@@ -30,9 +30,7 @@ from architectures.registry import register_model
 PAPER = "https://arxiv.org/abs/1412.6806"
 
 
-def make_layer(
-    token: str, in_chs: int, num_classes: int, batch_norm: bool
-) -> tuple[list[nn.Module], int, bool]:
+def make_layer(token: str, in_chs: int, num_classes: int, batch_norm: bool) -> tuple[list[nn.Module], int, bool]:
     """Modules for one table entry, the channels they output and whether they downsample.
 
     Tokens: ``"conv5-96"`` (5x5 conv, 96 maps, padded to keep the size), ``"conv3-96-s2"``
@@ -185,9 +183,7 @@ ALL_CNN_MODELS: dict[str, tuple[str, ...]] = {
 
 def _register(params: int):
     """All twelve share the family, paper, input size and the CIFAR-10 class count of their counts."""
-    return register_model(
-        family="all_cnn", paper=PAPER, params=params, input_size=(3, 32, 32), num_classes=10
-    )
+    return register_model(family="all_cnn", paper=PAPER, params=params, input_size=(3, 32, 32), num_classes=10)
 
 
 @_register(839_242)  # Table 3: ~0.9M

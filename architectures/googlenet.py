@@ -38,9 +38,7 @@ PAPER = "https://arxiv.org/abs/1409.4842"
 class BasicConv2d(nn.Module):
     """Conv (no bias) -> BatchNorm(eps=1e-3) -> ReLU, torchvision's building block."""
 
-    def __init__(
-        self, in_chs: int, out_chs: int, kernel_size: int | tuple[int, int] = 1, **conv_kwargs
-    ) -> None:
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int | tuple[int, int] = 1, **conv_kwargs) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, bias=False, **conv_kwargs)
         self.bn = nn.BatchNorm2d(out_chs, eps=0.001)

@@ -32,15 +32,12 @@ def _from_torchvision(torchvision_name: str, weights_name: str) -> dict[str, tor
     except KeyError:
         known = ", ".join(enum.__members__)
         raise ValueError(
-            f"{weights_name!r} is neither a file nor a weights name of {torchvision_name}; "
-            f"known: {known}, DEFAULT"
+            f"{weights_name!r} is neither a file nor a weights name of {torchvision_name}; known: {known}, DEFAULT"
         ) from None
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
     try:
         # Reads the cached file when present; downloads (and checks the hash) otherwise.
-        return torch.hub.load_state_dict_from_url(
-            weights.url, map_location="cpu", check_hash=True, weights_only=True
-        )
+        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", check_hash=True, weights_only=True)
     except OSError as err:  # URLError, timeouts and refused connections are all OSErrors
         raise RuntimeError(
             f"could not download {weights} for {torchvision_name} from {weights.url} ({err}). Offline? "
@@ -59,14 +56,10 @@ def _keep_metadata(new: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) -
 
 def _head_name(net: nn.Module) -> str:
     """The last module owning parameters: the classifier in every torchvision-layout network."""
-    return [
-        name for name, module in net.named_modules() if any(True for _ in module.parameters(recurse=False))
-    ][-1]
+    return [name for name, module in net.named_modules() if any(True for _ in module.parameters(recurse=False))][-1]
 
 
-def load_pretrained(
-    net: nn.Module, source: str, torchvision_name: str, remap: StateDictFix | None = None
-) -> nn.Module:
+def load_pretrained(net: nn.Module, source: str, torchvision_name: str, remap: StateDictFix | None = None) -> nn.Module:
     """Load ``source`` (weights enum name or local file) into ``net`` in place and return it.
 
     Args:
@@ -89,9 +82,7 @@ def load_pretrained(
     mismatched = [key for key, value in state.items() if key in own and own[key].shape != value.shape]
     head = _head_name(net)
     if any(not key.startswith(f"{head}.") for key in mismatched):
-        shapes = ", ".join(
-            f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in mismatched[:4]
-        )
+        shapes = ", ".join(f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in mismatched[:4])
         raise ValueError(
             f"{source} does not fit this network beyond its classifier {head!r} (checkpoint vs network: "
             f"{shapes}); build it with the checkpoint's in_chans and layout"
@@ -102,8 +93,7 @@ def load_pretrained(
     missing = [key for key in result.missing_keys if key not in mismatched]
     if missing or result.unexpected_keys:
         raise ValueError(
-            f"{source} does not match the network: missing {missing[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
+            f"{source} does not match the network: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     return net
 

@@ -59,9 +59,7 @@ def register_model(
         name = builder.__name__
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(
-            name, family, paper, params, input_size, num_classes, torchvision, builder
-        )
+        _REGISTRY[name] = ModelInfo(name, family, paper, params, input_size, num_classes, torchvision, builder)
         _name_data_arguments(builder, num_classes, input_size[0])
         return builder
 
@@ -81,8 +79,10 @@ def _name_data_arguments(builder: Callable[..., nn.Module], num_classes: int, in
     names = {param.name for param in params}
     if not params or params[-1].kind is not inspect.Parameter.VAR_KEYWORD or names & {"num_classes", "in_chans"}:
         return
-    data = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=int)
-            for name, default in (("num_classes", num_classes), ("in_chans", in_chans))]
+    data = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=int)
+        for name, default in (("num_classes", num_classes), ("in_chans", in_chans))
+    ]
     builder.__signature__ = signature.replace(parameters=[*params[:-1], *data, params[-1]])
 
 
@@ -105,8 +105,7 @@ def model_info(name: str) -> ModelInfo:
         close = difflib.get_close_matches(name, _REGISTRY, n=5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise KeyError(
-            f"unknown architecture {name!r}.{hint} Run `ablate zoo` to list all "
-            f"{len(_REGISTRY)} registered networks."
+            f"unknown architecture {name!r}.{hint} Run `ablate zoo` to list all {len(_REGISTRY)} registered networks."
         ) from None
 
 
@@ -132,8 +131,10 @@ def create_model(name: str, dataset: str | None = None, **overrides) -> nn.Modul
     """
     if dataset is not None:
         if dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; give one of {', '.join(DATASETS)}, "
-                             "or in_chans= and num_classes= yourself")
+            raise ValueError(
+                f"unknown dataset {dataset!r}; give one of {', '.join(DATASETS)}, "
+                "or in_chans= and num_classes= yourself"
+            )
         in_chans, num_classes = DATASETS[dataset]
         overrides = {"in_chans": in_chans, "num_classes": num_classes, **overrides}
     return model_info(name).builder(**overrides)

@@ -79,9 +79,7 @@ class ResNet(nn.Module):
         widths: Sequence[int] = (64, 128, 256, 512),
         stem: Literal["imagenet", "cifar"] = "imagenet",
         stem_width: int = 64,
-        unit: Literal[
-            "original", "bn_after_add", "relu_before_add", "relu_preact", "full_preact"
-        ] = "original",
+        unit: Literal["original", "bn_after_add", "relu_before_add", "relu_preact", "full_preact"] = "original",
         shortcut: Literal[
             "identity", "none", "scale", "exclusive_gate", "shortcut_gate", "conv1x1", "dropout"
         ] = "identity",
@@ -93,9 +91,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(layers) != len(widths):
-            raise ValueError(
-                f"layers {tuple(layers)} and widths {tuple(widths)} must have one entry per stage"
-            )
+            raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} must have one entry per stage")
         self.num_classes = num_classes
         self.in_chans = in_chans
         stem_spec, unit_cls, layout = STEMS[stem], UNITS[unit], BLOCKS[block]
@@ -121,9 +117,7 @@ class ResNet(nn.Module):
                 stride = 2 if index > 0 and position == 0 else 1
                 convs = layout(in_chs, planes, stride, groups, base_width)
                 out_chs = convs[-1].out_chs
-                unit_shortcut = make_shortcut(
-                    shortcut, in_chs, out_chs, stride, downsample, **(shortcut_args or {})
-                )
+                unit_shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, downsample, **(shortcut_args or {}))
                 units.append(unit_cls(convs, unit_shortcut, drop_rate))
                 in_chs = out_chs
             self.stage_names.append(f"layer{index + 1}")

@@ -51,18 +51,14 @@ def conv_from_spec(spec: ConvSpec) -> nn.Conv2d:
     )  # fmt: skip
 
 
-def basic_layout(
-    in_chs: int, planes: int, stride: int, groups: int = 1, base_width: int = 64
-) -> list[ConvSpec]:
+def basic_layout(in_chs: int, planes: int, stride: int, groups: int = 1, base_width: int = 64) -> list[ConvSpec]:
     """Two 3x3 convolutions (He et al. 2015, Fig. 5 left); the stride sits on the first."""
     if groups != 1 or base_width != 64:
         raise ValueError("the basic block has no grouped or widened bottleneck; use block='bottleneck'")
     return [ConvSpec(in_chs, planes, 3, stride), ConvSpec(planes, planes, 3)]
 
 
-def bottleneck_layout(
-    in_chs: int, planes: int, stride: int, groups: int = 1, base_width: int = 64
-) -> list[ConvSpec]:
+def bottleneck_layout(in_chs: int, planes: int, stride: int, groups: int = 1, base_width: int = 64) -> list[ConvSpec]:
     """1x1 reduce, 3x3, 1x1 expand to ``4 * planes`` (He et al. 2015, Fig. 5 right).
 
     The stride sits on the 3x3 ("ResNet v1.5", as torchvision); ``groups`` and ``base_width``
@@ -203,9 +199,7 @@ class ExclusiveGateShortcut(nn.Module):
         gate_bias: Initial bias b_g of the gate's 1x1 conv (Table 1: 0, -6 and -7 in the paper).
     """
 
-    def __init__(
-        self, skip: nn.Sequential, in_chs: int, out_chs: int, stride: int, gate_bias: float = -6.0
-    ) -> None:
+    def __init__(self, skip: nn.Sequential, in_chs: int, out_chs: int, stride: int, gate_bias: float = -6.0) -> None:
         super().__init__()
         self.skip = skip
         self.gate = Gate(in_chs, out_chs, stride, gate_bias)
@@ -311,8 +305,10 @@ def make_shortcut(
         module, _, name = name.rpartition(".")
         importlib.import_module(module)
     if name not in SHORTCUTS:
-        raise ValueError(f"unknown shortcut {given!r}; choose one of {', '.join(SHORTCUTS)}, "
-                         "or <module>.<name> of one a module registers with register_shortcut")
+        raise ValueError(
+            f"unknown shortcut {given!r}; choose one of {', '.join(SHORTCUTS)}, "
+            "or <module>.<name> of one a module registers with register_shortcut"
+        )
     if downsample not in DOWNSAMPLES:
         raise ValueError(f"unknown downsample {downsample!r}; choose one of {', '.join(DOWNSAMPLES)}")
     reshapes = stride != 1 or in_chs != out_chs
@@ -418,9 +414,7 @@ class PreactUnit(ResidualUnit):
 
     def __init__(self, convs: Sequence[ConvSpec], shortcut: nn.Module, drop_rate: float = 0.0) -> None:
         super().__init__(convs, shortcut, drop_rate)
-        self.shortcut_sees_preact = (
-            any(spec.stride != 1 for spec in convs) or convs[0].in_chs != convs[-1].out_chs
-        )
+        self.shortcut_sees_preact = any(spec.stride != 1 for spec in convs) or convs[0].in_chs != convs[-1].out_chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (first_conv, first_bn), *middle, (conv, bn) = self.conv_bn_pairs()

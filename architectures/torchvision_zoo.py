@@ -69,9 +69,7 @@ def _replace_first_conv(net: nn.Module, in_chans: int) -> None:
     """Swap the stem conv for one reading ``in_chans`` channels (same kernel, stride, padding)."""
     name, conv = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
     if conv.groups != 1:
-        raise ValueError(
-            f"cannot adapt the grouped first conv {name!r} of {type(net).__name__} to {in_chans} inputs"
-        )
+        raise ValueError(f"cannot adapt the grouped first conv {name!r} of {type(net).__name__} to {in_chans} inputs")
     parent_name, _, child = name.rpartition(".")
     replacement = nn.Conv2d(
         in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
@@ -144,9 +142,7 @@ def mobilenet_v2(**overrides) -> nn.Module:
     return from_torchvision("mobilenet_v2", **overrides)
 
 
-@register_model(
-    family="mnasnet", paper="https://arxiv.org/abs/1807.11626", params=4_383_312, torchvision="mnasnet1_0"
-)
+@register_model(family="mnasnet", paper="https://arxiv.org/abs/1807.11626", params=4_383_312, torchvision="mnasnet1_0")
 @pretrainable
 def mnasnet1_0(**overrides) -> nn.Module:
     return from_torchvision("mnasnet1_0", **overrides)

@@ -67,13 +67,9 @@ class TensorImageDataset(Dataset):
             order); prediction files report this position, so it means the same whatever the order.
     """
 
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, source_index: torch.Tensor | None = None
-    ) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source_index: torch.Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(
-                f"expected uint8 images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
+            raise ValueError(f"expected uint8 images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if source_index is not None and len(source_index) != len(images):
@@ -154,9 +150,7 @@ def class_interleaved_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
     return by_rank[torch.argsort(keys[by_rank], stable=True)]
 
 
-def check_images(
-    images: torch.Tensor, labels: torch.Tensor, *, in_chans: int, num_classes: int, where: str
-) -> None:
+def check_images(images: torch.Tensor, labels: torch.Tensor, *, in_chans: int, num_classes: int, where: str) -> None:
     """Clear errors, before training starts, for data the model cannot take."""
     if images.shape[1] != in_chans:
         raise DataFormatError(
@@ -191,9 +185,7 @@ class ImageDataModule(pl.LightningDataModule):
     std: tuple[float, ...]
     classes: tuple[str, ...]
 
-    def __init__(
-        self, random_erasing: float = 0.0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0
-    ) -> None:
+    def __init__(self, random_erasing: float = 0.0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= random_erasing <= 1.0:
             raise ValueError(f"random_erasing is a probability, got {random_erasing}")

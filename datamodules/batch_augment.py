@@ -91,9 +91,7 @@ def random_rotate(images: torch.Tensor, max_degrees: float, fill: float = 0.0) -
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     # Shift by -fill so the zero padding of grid_sample becomes ``fill``.
-    rotated = F.grid_sample(
-        images.float() - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False
-    )
+    rotated = F.grid_sample(images.float() - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return (rotated + fill).round_().clamp_(0, 255).to(images.dtype)
 
 
@@ -237,16 +235,8 @@ def apply_per_sample(transforms: Sequence[Callable] | Callable, images: torch.Te
     with single_thread_on_cpu(images.device):
         out = [transform(image) for image in images]
     for image in out:
-        if (
-            not isinstance(image, torch.Tensor)
-            or image.dtype != images.dtype
-            or image.shape != images.shape[1:]
-        ):
-            got = (
-                f"{image.dtype} {tuple(image.shape)}"
-                if isinstance(image, torch.Tensor)
-                else type(image).__name__
-            )
+        if not isinstance(image, torch.Tensor) or image.dtype != images.dtype or image.shape != images.shape[1:]:
+            got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
             raise TypeError(
                 f"train_transforms must map a {images.dtype} image of shape {tuple(images.shape[1:])} to one "
                 f"of the same dtype and shape, got {got}; use tensor transforms from "

@@ -136,8 +136,10 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         if normalization not in ("channel", "pixel_mean"):
             raise ValueError(f"normalization must be 'channel' or 'pixel_mean', got {normalization!r}")
         if normalization == "pixel_mean" and whiten != "none":
-            raise ValueError("normalization='pixel_mean' and whiten='gcn_zca' exclude each other: "
-                             "the whitening does its own centring; choose one")
+            raise ValueError(
+                "normalization='pixel_mean' and whiten='gcn_zca' exclude each other: "
+                "the whitening does its own centring; choose one"
+            )
         self.source = source
         self.augment = augment
         self.max_shift = max_shift
@@ -220,9 +222,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
             "skipped": [],
         }
 
-    def _decode_tree(
-        self, root: Path, files: list[str], labels: list[int], classes: list[str]
-    ) -> dict[str, Any]:
+    def _decode_tree(self, root: Path, files: list[str], labels: list[int], classes: list[str]) -> dict[str, Any]:
         images, kept, skipped = decode_files(
             files,
             in_chans=self.in_chans,
@@ -277,9 +277,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         entry = self.cache.get_or_build(prefix, key, build)
         if entry["skipped"]:
             if not self.skip_corrupt:
-                raise CorruptImageError(
-                    entry["skipped"][0], "recorded as unreadable by a skip_corrupt=True run"
-                )
+                raise CorruptImageError(entry["skipped"][0], "recorded as unreadable by a skip_corrupt=True run")
             warn_skipped(entry["skipped"], root)
         self.classes = tuple(entry["classes"])
         self._loaded[split] = TensorImageDataset(entry["images"], entry["labels"])
@@ -287,9 +285,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
 
     def _whitener(self, train_images: Callable[[], torch.Tensor]) -> GCNZCAWhitener:
         """GCN+ZCA fitted on the training part of the split, cached on source, split and settings."""
-        key = hash_strings(
-            self._source_keys["train"], self.seed, self.val_size, self.gcn_scale, self.zca_epsilon
-        )
+        key = hash_strings(self._source_keys["train"], self.seed, self.val_size, self.gcn_scale, self.zca_epsilon)
         prefix = f"{self.cache_name}-zca-{hash_strings(self.data_dir.resolve())[:8]}"
         whitener = GCNZCAWhitener(self.gcn_scale, self.zca_epsilon)
         state = self.cache.get_or_build(prefix, key, lambda: whitener.fit(train_images()).state_dict())

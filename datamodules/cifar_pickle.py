@@ -99,9 +99,7 @@ def read_cifar_batches(paths: list[Path], label_key: str) -> tuple[np.ndarray, n
         data, targets = entry.get("data"), entry.get(label_key)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % 3072:
             what = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-            raise DataFormatError(
-                f"{path}: 'data' is {what}; CIFAR batches hold uint8 rows of 3072 values (3x32x32)"
-            )
+            raise DataFormatError(f"{path}: 'data' is {what}; CIFAR batches hold uint8 rows of 3072 values (3x32x32)")
         if not isinstance(targets, list) or not all(type(label) is int for label in targets):
             raise DataFormatError(f"{path}: '{label_key}' is missing or not a list of integers")
         batch = data.reshape(-1, 3, 32, 32)

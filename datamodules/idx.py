@@ -32,7 +32,7 @@ def read_idx(path: Path) -> np.ndarray:
     path = Path(path)
     compressed = path.name.endswith(".gz")
     try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as handle:
             header = handle.read(4)
             if len(header) < 4 or header[:3] != b"\x00\x00\x08" or header[3] == 0:
                 raise DataFormatError(

@@ -90,14 +90,10 @@ def find_classes(
     """Classes of a train/test pair of trees, checked: present, identical in both, ``num_classes``."""
     for root in (train_root, test_root):
         if not root.is_dir():
-            raise DataNotFoundError(
-                f"{dataset}: folder {root} does not exist; expected {root}/<class>/<image>"
-            )
+            raise DataNotFoundError(f"{dataset}: folder {root} does not exist; expected {root}/<class>/<image>")
     train_classes, test_classes = class_folders(train_root), class_folders(test_root)
     if not train_classes:
-        raise DataFormatError(
-            f"{dataset}: {train_root} has no class folders; expected {train_root}/<class>/<image>"
-        )
+        raise DataFormatError(f"{dataset}: {train_root} has no class folders; expected {train_root}/<class>/<image>")
     if set(train_classes) != set(test_classes):
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))
@@ -148,15 +144,19 @@ def scan_split(root: Path, classes: Sequence[str], dataset: str = "dataset") -> 
 def _not_an_image(entry: os.DirEntry) -> str:
     """Why a class folder's entry cannot be one of its images, or ``""``."""
     if entry.is_symlink() and not os.path.exists(entry.path):
-        return (f"is a dangling symbolic link (to {os.readlink(entry.path)}, which does not exist); "
-                "restore its target or remove the link")
+        return (
+            f"is a dangling symbolic link (to {os.readlink(entry.path)}, which does not exist); "
+            "restore its target or remove the link"
+        )
     if entry.is_dir():
         return "is a folder; images must sit directly in their class folder (<split>/<class>/<image>)"
     if not entry.is_file():
         return "is not a regular file (a pipe, socket or device); remove it"
     if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-        return (f"is not an image file by its extension (accepted: {' '.join(IMAGE_EXTENSIONS)}); "
-                "move it out of the class folders or convert it")
+        return (
+            f"is not an image file by its extension (accepted: {' '.join(IMAGE_EXTENSIONS)}); "
+            "move it out of the class folders or convert it"
+        )
     return ""
 
 

@@ -216,9 +216,7 @@ class ImageNetDataModule(ImageDataModule):
                 try:
                     ImageNet(str(self.data_dir), split=split)  # parses the devkit, extracts the archive
                 except (RuntimeError, FileNotFoundError) as error:
-                    raise self._not_found(
-                        f"torchvision could not prepare the {split} split: {error}"
-                    ) from error
+                    raise self._not_found(f"torchvision could not prepare the {split} split: {error}") from error
 
     def _scan(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
         layout = self.detect_layout()

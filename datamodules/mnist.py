@@ -100,9 +100,7 @@ class MNISTDataModule(InMemoryImageDataModule):
         labels_path = self._file(f"{prefix}-labels-idx1-ubyte")
         images, labels = read_idx(images_path), read_idx(labels_path)
         if images.ndim != 3 or images.shape[1:] != self.image_size:
-            raise DataFormatError(
-                f"{images_path} holds an array of shape {images.shape}; MNIST images are (N, 28, 28)"
-            )
+            raise DataFormatError(f"{images_path} holds an array of shape {images.shape}; MNIST images are (N, 28, 28)")
         if labels.ndim != 1 or len(labels) != len(images):
             raise DataFormatError(
                 f"{labels_path} holds {labels.shape} labels for the {len(images)} images of {images_path}; "

@@ -97,9 +97,7 @@ def batch_preset(name: str, max_shift: int = 4) -> BatchPipeline:
         return BatchPipeline([])
     if name == "lecture":
         brightness, contrast, saturation, hue = LECTURE_JITTER
-        jitter = partial(
-            random_color_jitter, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue
-        )
+        jitter = partial(random_color_jitter, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
         return BatchPipeline([jitter, random_hflip, partial(random_rotate, max_degrees=LECTURE_DEGREES)])
     return BatchPipeline([*standard, partial(apply_per_sample, _policy(name, imagenet=False))])
 

@@ -127,8 +127,12 @@ def split_loader(dataset: Sized, shuffle: bool, **kwargs: Any) -> DataLoader:
     if not shuffle:
         return DataLoader(dataset, sampler=eval_sampler(dataset), **kwargs)
     seed = shuffle_seed()
-    return ResumableLoader(dataset, sampler=EpochShuffleSampler(len(dataset), seed),
-                           generator=torch.Generator().manual_seed(seed), **kwargs)
+    return ResumableLoader(
+        dataset,
+        sampler=EpochShuffleSampler(len(dataset), seed),
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
 
 
 def shuffle_seed() -> int:

@@ -25,9 +25,7 @@ GCN_SCALE = 55.0
 ZCA_EPSILON = 0.1
 
 
-def global_contrast_normalize(
-    x: torch.Tensor, scale: float = GCN_SCALE, min_divisor: float = 1e-8
-) -> torch.Tensor:
+def global_contrast_normalize(x: torch.Tensor, scale: float = GCN_SCALE, min_divisor: float = 1e-8) -> torch.Tensor:
     """Rows of ``x`` ``(N, D)`` centred and scaled to L2 norm ``scale``."""
     x = x - x.mean(1, keepdim=True)
     norm = x.norm(dim=1, keepdim=True) / scale
@@ -85,8 +83,6 @@ class GCNZCAWhitener:
         if self.mean.device != images.device:  # move once, to wherever the batches live
             self.mean, self.matrix = self.mean.to(images.device), self.matrix.to(images.device)
         if images[0].numel() != self.mean.numel():
-            raise ValueError(
-                f"whitener fitted on {self.mean.numel()} values per image, got {tuple(images.shape[1:])}"
-            )
+            raise ValueError(f"whitener fitted on {self.mean.numel()} values per image, got {tuple(images.shape[1:])}")
         x = self._gcn(images) - self.mean
         return (x @ self.matrix).view(images.shape)

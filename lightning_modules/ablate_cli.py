@@ -133,9 +133,10 @@ class AblateCLI(LightningCLI):
 
         plugins = config.get("plugins")
         plugins = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
-        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins) and getattr(
-            config.get("strategy"), "_checkpoint_io", None
-        ) is None:
+        if (
+            not any(isinstance(plugin, CheckpointIO) for plugin in plugins)
+            and getattr(config.get("strategy"), "_checkpoint_io", None) is None
+        ):
             refuse = getattr(self.model, "check_finite", True)  # check_finite=False trains through NaN
             config["plugins"] = [*plugins, AtomicCheckpointIO(refuse_non_finite=refuse)]
         trainer = super()._instantiate_trainer(config, callbacks)
@@ -153,8 +154,12 @@ class AblateCLI(LightningCLI):
         from lightning_modules import speed
 
         config = self.config.get(str(self.subcommand), self.config)
-        choice, line = speed.resolve(config.get("speed") or "auto", config.trainer.get("accelerator"),
-                                     config.trainer.get("precision"), config.model.get("channels_last"))
+        choice, line = speed.resolve(
+            config.get("speed") or "auto",
+            config.trainer.get("accelerator"),
+            config.trainer.get("precision"),
+            config.model.get("channels_last"),
+        )
         config.trainer.precision = choice.precision
         config.model.channels_last = choice.channels_last
         if line and rank_zero_only.rank == 0:  # one line per run, not one per DDP process
@@ -197,8 +202,8 @@ class AblateCLI(LightningCLI):
         finally:
             if getattr(self, "_run_folder", None) is not None:
                 run_lock.release(self._run_folder)
-    # --- end Reliability ------------------------------------------------------------------------
 
+    # --- end Reliability ------------------------------------------------------------------------
 
     def _verbose(self) -> bool:
         return bool(self.config.get(str(self.config.get("subcommand")), self.config).get("verbose"))
@@ -242,8 +247,9 @@ class AblateCLI(LightningCLI):
         from lightning_modules.run_folders import record_test_result
 
         ckpt_path = self.config.test.get("ckpt_path")
-        result = self._test_summary(f"checkpoint {ckpt_path}" if ckpt_path else "the configured weights",
-                                    checkpoint=ckpt_path)
+        result = self._test_summary(
+            f"checkpoint {ckpt_path}" if ckpt_path else "the configured weights", checkpoint=ckpt_path
+        )
         log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
         if result is not None and self.trainer.is_global_zero and log_dir:
             record_test_result(Path(log_dir) / TEST_RESULTS, Path(ckpt_path).name if ckpt_path else "weights", result)
@@ -258,8 +264,7 @@ class AblateCLI(LightningCLI):
 
     def _test_summary(self, model: str, **where: object) -> dict | None:
         """The test metrics just computed, and the one-line summary the demo ends with."""
-        metrics = {key: float(value) for key, value in self.trainer.callback_metrics.items()
-                   if key.startswith("test/")}
+        metrics = {key: float(value) for key, value in self.trainer.callback_metrics.items() if key.startswith("test/")}
         log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
         if "test/acc" not in metrics:
             return None
@@ -311,7 +316,8 @@ def run_lightning_cli(
         subclass_mode_data=True,
         parser_kwargs=(
             {**{command: defaults for command in ("fit", "validate", "test", "predict")}, **(main_parser or {})}
-            if run else defaults
+            if run
+            else defaults
         ),
         save_config_callback=SaveConfigToWandb,
         save_config_kwargs={"overwrite": True},

@@ -41,9 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.refuse_non_finite = refuse_non_finite
 
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
-    ) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None or get_protocol(str(path)) != "file":
             super().save_checkpoint(checkpoint, path, storage_options)
             return

@@ -113,19 +113,29 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], pa
     num_classes = getattr(model, "num_classes", None)
     in_chans = getattr(getattr(model, "network", model), "in_chans", None)
     # The head differs in its first dimension (the classes); the stem's convolution in its second.
-    heads = [(key, old, new) for key, old, new in mismatched
-             if old[0] != new[0] and new[0] == num_classes and old[1:] == new[1:]]
-    stems = [(key, old, new) for key, old, new in mismatched
-             if len(old) == 4 and old[1] != new[1] and new[1] == in_chans and (old[0], *old[2:]) == (new[0], *new[2:])]
+    heads = [
+        (key, old, new)
+        for key, old, new in mismatched
+        if old[0] != new[0] and new[0] == num_classes and old[1:] == new[1:]
+    ]
+    stems = [
+        (key, old, new)
+        for key, old, new in mismatched
+        if len(old) == 4 and old[1] != new[1] and new[1] == in_chans and (old[0], *old[2:]) == (new[0], *new[2:])
+    ]
     reasons = []
     if heads:
         key, was, now = heads[0]
-        reasons.append(f"it was trained for {was[0]} classes but this run's data has {num_classes} "
-                       f"({key} is {list(was)} in the checkpoint, {list(now)} here)")
+        reasons.append(
+            f"it was trained for {was[0]} classes but this run's data has {num_classes} "
+            f"({key} is {list(was)} in the checkpoint, {list(now)} here)"
+        )
     if stems:
         key, was, now = stems[0]
-        reasons.append(f"it was trained on {was[1]}-channel images but this run's data has {in_chans} "
-                       f"({key} is {list(was)} in the checkpoint, {list(now)} here)")
+        reasons.append(
+            f"it was trained on {was[1]}-channel images but this run's data has {in_chans} "
+            f"({key} is {list(was)} in the checkpoint, {list(now)} here)"
+        )
     if reasons and len(heads) + len(stems) == len(mismatched):
         raise CheckpointError(
             f"{path} does not fit this run's data: {'; and '.join(reasons)}. Use it on the data it was trained on, "

@@ -359,8 +359,10 @@ class ImageClassifier(pl.LightningModule):
             self.network_spec = (checkpoint.get(inference.ENTRY) or {}).get("network")
         has_average = "ema_network.n_averaged" in checkpoint.get("state_dict", {})
         if self.ema_network is not None and not has_average:
-            raise CheckpointError("the checkpoint holds no EMA weights (its run had no --ema.decay): drop --ema.* "
-                                  "to evaluate its weights, or start a run from them with --model.weights")
+            raise CheckpointError(
+                "the checkpoint holds no EMA weights (its run had no --ema.decay): drop --ema.* "
+                "to evaluate its weights, or start a run from them with --model.weights"
+            )
         if self.ema_network is None and has_average:
             # Averaged weights without the EMA callback (load_model, or a test without --ema.*): a place
             # for them, evaluated as the run did. Checkpoints from before the callback kept the setting
@@ -371,8 +373,13 @@ class ImageClassifier(pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
-        cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
-        weights_only: bool | None = True, **kwargs: Any,
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
     ) -> ImageClassifier:
         """Lightning's ``load_from_checkpoint``, read with ``weights_only=True`` by default; without
         ``network=`` the network is rebuilt from the checkpoint's record of it (checkpoints written
@@ -396,8 +403,11 @@ class ImageClassifier(pl.LightningModule):
         trainable = count_params(self.network, trainable_only=True)
         for logger in self.loggers:
             logger.log_hyperparams(
-                {"model/params": params, "model/trainable_params": trainable,
-                 "model/network": type(self.network).__name__}
+                {
+                    "model/params": params,
+                    "model/trainable_params": trainable,
+                    "model/network": type(self.network).__name__,
+                }
             )
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -413,8 +423,12 @@ class ImageClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
 
-def _check_settings(optimizer: OptimizerCallable, scheduler_interval: str | None, label_smoothing: float,
-                    lr_multipliers: dict[str, float] | None) -> None:
+def _check_settings(
+    optimizer: OptimizerCallable,
+    scheduler_interval: str | None,
+    label_smoothing: float,
+    lr_multipliers: dict[str, float] | None,
+) -> None:
     """Fail on a bad setting now, before any data is loaded."""
     if scheduler_interval not in (None, "epoch", "step"):
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")

@@ -79,13 +79,16 @@ def check_config_file(path: str | Path) -> None:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"config file {path} is not UTF-8 text (byte {error.start}: {error.reason}); "
-                         "give a YAML file") from None
+        raise ValueError(
+            f"config file {path} is not UTF-8 text (byte {error.start}: {error.reason}); give a YAML file"
+        ) from None
     except OSError:
         return  # missing, a folder, unreadable: jsonargparse says so with the path
     if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
-        raise ValueError(f"config file {path} is empty; it should hold the run's settings "
-                         "(a YAML mapping such as `trainer:`, `model:`, `data:`), or leave out that --config")
+        raise ValueError(
+            f"config file {path} is empty; it should hold the run's settings "
+            "(a YAML mapping such as `trainer:`, `model:`, `data:`), or leave out that --config"
+        )
     try:
         check_yaml_text(text)
         content = yaml.safe_load(text)
@@ -94,8 +97,10 @@ def check_config_file(path: str | Path) -> None:
     except yaml.YAMLError as error:  # jsonargparse's message named neither the file nor, on one line, the place
         raise ValueError(f"config file {path} is not valid YAML{describe_yaml_error(error)}; fix the file") from None
     if content is not None and not isinstance(content, dict):
-        raise ValueError(f"config file {path} holds a {type(content).__name__}, not a mapping of settings "
-                         "(`trainer:`, `model:`, `data:`)")
+        raise ValueError(
+            f"config file {path} holds a {type(content).__name__}, not a mapping of settings "
+            "(`trainer:`, `model:`, `data:`)"
+        )
 
 
 def describe_yaml_error(error: yaml.YAMLError) -> str:

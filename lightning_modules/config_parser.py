@@ -31,8 +31,11 @@ _NOISE = (
 # Model settings that became callbacks' (lightning_modules/ema.py, transfer.FineTune): an old config
 # naming one is told where it went.
 _MOVED = {
-    "model.ema_decay": "ema.decay", "model.ema_eval": "ema.evaluate", "model.freeze": "fine_tune.freeze",
-    "model.freeze_bn_stats": "fine_tune.freeze_bn_stats", "model.head_lr_multiplier": "fine_tune.head_lr_multiplier",
+    "model.ema_decay": "ema.decay",
+    "model.ema_eval": "ema.evaluate",
+    "model.freeze": "fine_tune.freeze",
+    "model.freeze_bn_stats": "fine_tune.freeze_bn_stats",
+    "model.head_lr_multiplier": "fine_tune.head_lr_multiplier",
 }
 
 
@@ -68,8 +71,9 @@ class ConfigErrorParser(LightningArgumentParser):
     tried); the sweep and the user read the last line, so it names the key and the problem.
     """
 
-    def save(self, cfg: Any, path: Any, *args: Any, multifile: bool = True, overwrite: bool = False,
-             **kwargs: Any) -> None:
+    def save(
+        self, cfg: Any, path: Any, *args: Any, multifile: bool = True, overwrite: bool = False, **kwargs: Any
+    ) -> None:
         # jsonargparse opens config.yaml with "w" and writes: a kill or a full disk leaves it empty or cut.
         if multifile or "://" in str(path) or (not overwrite and Path(path).is_file()):
             # several files, a remote path, or jsonargparse's own refusal to overwrite: its way
@@ -88,8 +92,9 @@ class ConfigErrorParser(LightningArgumentParser):
         config_files.install()
         super().__init__(*args, **kwargs)
 
-    def add_function_arguments(self, function: Any, *args: Any, linked_targets: set[str] | None = None,
-                               **kwargs: Any) -> list[str]:
+    def add_function_arguments(
+        self, function: Any, *args: Any, linked_targets: set[str] | None = None, **kwargs: Any
+    ) -> list[str]:
         # A builder function as class_path (`architectures.resnet.resnet20`) is a target of the CLI's
         # data -> network links. jsonargparse hands a class_path's parser its link targets, which its
         # add_class_arguments takes and its add_function_arguments does not (4.53: "unexpected keyword

@@ -52,7 +52,7 @@ def describe_checkpoint(path: Path) -> str:
 
 
 def last_good_checkpoint(trainer: pl.Trainer | None, candidates: Sequence[Path] = ()) -> str:
-    """"the last good checkpoint is <path> (epoch E, step S); resume from it ...", or that there is none.
+    """ "the last good checkpoint is <path> (epoch E, step S); resume from it ...", or that there is none.
 
     The newest of ``last.ckpt``, the checkpoint callbacks' files and the one this run resumed from:
     nothing non-finite is ever written (this module), so the newest is the last good one.

@@ -156,8 +156,11 @@ def report_coverage(module: Any, stage: str, counts: torch.Tensor, said: set[tup
         detail = ": " + ", ".join(f"{name} {count}" for name, count in zip(names, counts.tolist(), strict=True))
     else:
         detail = f", {int(counts.min())} to {int(counts.max())} images each"
-    print(f"ablate: {stage} limited to {images:,} of {total:,} images "
-          f"({seen} of {num_classes} classes{detail})", file=sys.stderr, flush=True)
+    print(
+        f"ablate: {stage} limited to {images:,} of {total:,} images ({seen} of {num_classes} classes{detail})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def report_confusion(module: Any, confusion: torch.Tensor) -> None:

@@ -248,8 +248,10 @@ class Predictor:
         if not isinstance(image, torch.Tensor):
             image = TF.pil_to_tensor(image.convert("L" if in_chans == 1 else "RGB"))
         if image.dtype != torch.uint8:
-            raise TypeError(f"raw images are uint8 tensors or PIL images, got a {image.dtype} tensor; "
-                            "a float batch must already be preprocessed (N, C, H, W)")
+            raise TypeError(
+                f"raw images are uint8 tensors or PIL images, got a {image.dtype} tensor; "
+                "a float batch must already be preprocessed (N, C, H, W)"
+            )
         image = image.unsqueeze(0) if image.ndim == 2 else image
         if image.shape[0] == 3 and in_chans == 1:
             image = TF.rgb_to_grayscale(image)
@@ -270,8 +272,10 @@ class Predictor:
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             return images  # already the model's input
         if self.datamodule is None:
-            raise CheckpointError("the checkpoint names no data module, so raw images cannot be preprocessed; "
-                                  "give normalised float batches, or load_model(..., datamodule=<the data module>)")
+            raise CheckpointError(
+                "the checkpoint names no data module, so raw images cannot be preprocessed; "
+                "give normalised float batches, or load_model(..., datamodule=<the data module>)"
+            )
         if isinstance(images, torch.Tensor) and images.ndim in (2, 3):
             images = [images]
         from torchvision.transforms.v2 import functional as TF

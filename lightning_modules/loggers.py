@@ -180,4 +180,3 @@ class SaveConfigToWandb(SaveConfigCallback):
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
             for logger in wandb_loggers:
                 logger.log_config(config)
-

@@ -78,6 +78,11 @@ def check_output_folders(run: Any) -> None:
     for setting, folder in output_folders(run):
         reason = why_unwritable(folder)
         if reason:
-            raise ConfigError(f"cannot write to {_short(folder)}: {reason}; choose another {setting}"
-                              + ("" if setting == "trainer.default_root_dir" else
-                                 " (the defaults preset logs to ./runs: run from a writable folder or set it)"))
+            raise ConfigError(
+                f"cannot write to {_short(folder)}: {reason}; choose another {setting}"
+                + (
+                    ""
+                    if setting == "trainer.default_root_dir"
+                    else " (the defaults preset logs to ./runs: run from a writable folder or set it)"
+                )
+            )

@@ -111,11 +111,17 @@ class CSVPredictionWriter(BasePredictionWriter):
         dataset = self._datasets[dataloader_idx] if dataloader_idx < len(self._datasets) else None
         truths = _labels(batch, len(classes))
         for index, label, probability, truth in zip(batch_indices, classes, probabilities, truths, strict=True):
-            self._writer.writerow([
-                _source_index(dataset, index), _file_of(dataset, index), label, self._names[label],
-                f"{probability:.6f}", "" if truth is None else truth,
-                "" if truth is None or truth >= len(self._names) else self._names[truth],
-            ])
+            self._writer.writerow(
+                [
+                    _source_index(dataset, index),
+                    _file_of(dataset, index),
+                    label,
+                    self._names[label],
+                    f"{probability:.6f}",
+                    "" if truth is None else truth,
+                    "" if truth is None or truth >= len(self._names) else self._names[truth],
+                ]
+            )
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._file is not None:

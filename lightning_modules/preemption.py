@@ -110,6 +110,8 @@ class CheckpointOnSignal(Callback):
         received = self.received or signal.SIGTERM  # a process told by another rank
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # the full state a resume needs (says so: no log line)
-        say(f"ablate: interrupted by {received.name}: saved {path.resolve()} at step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}); resume with --ckpt_path last")
+        say(
+            f"ablate: interrupted by {received.name}: saved {path.resolve()} at step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}); resume with --ckpt_path last"
+        )
         raise TrainingInterrupted(128 + int(received))

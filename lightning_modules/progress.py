@@ -36,8 +36,9 @@ class ThrottledRichProgressBar(RichProgressBar):
         super().__init__(refresh_rate=refresh_rate, **kwargs)
         self._last_update = -math.inf
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.monotonic()
         if self._steps_bound():  # the run's last step, or the epoch's last batch
             last_batch = trainer.global_step >= trainer.max_steps or batch_idx + 1 >= trainer.num_training_batches

@@ -32,15 +32,18 @@ import pytorch_lightning
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
-_LIGHTNING_CODE = tuple(str(Path(package.__file__).parent) + os.sep
-                        for package in (pytorch_lightning, lightning_fabric))
+_LIGHTNING_CODE = tuple(
+    str(Path(package.__file__).parent) + os.sep for package in (pytorch_lightning, lightning_fabric)
+)
 # Lightning's info lines a user needs to follow a run's life: which checkpoint a run resumed from (a
 # SLURM requeue resumes from hpc_ckpt_N.ckpt without being asked), the signals it handled (SIGUSR1:
 # checkpoint and requeue; SIGTERM), and each DDP process joining its group ("MEMBER: 2/8"), which
 # says a cluster job formed the group it asked for. Their files, and the loggers they use.
 _KEPT_INFO_FILES = (
-    *(str(Path(pytorch_lightning.__file__).parent / "trainer" / "connectors" / name)
-      for name in ("checkpoint_connector.py", "signal_connector.py")),
+    *(
+        str(Path(pytorch_lightning.__file__).parent / "trainer" / "connectors" / name)
+        for name in ("checkpoint_connector.py", "signal_connector.py")
+    ),
     str(Path(lightning_fabric.__file__).parent / "utilities" / "distributed.py"),
 )
 KEPT_INFO_LOGGERS = ("pytorch_lightning.trainer.connectors.signal_connector", "lightning_fabric.utilities.distributed")
@@ -57,8 +60,11 @@ class _WithoutLightningInfo(logging.Filter):
     """Drops info (and debug) records logged from Lightning's own files; keeps everyone else's."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return (record.levelno >= logging.WARNING or not record.pathname.startswith(_LIGHTNING_CODE)
-                or record.pathname in _KEPT_INFO_FILES)
+        return (
+            record.levelno >= logging.WARNING
+            or not record.pathname.startswith(_LIGHTNING_CODE)
+            or record.pathname in _KEPT_INFO_FILES
+        )
 
 
 _FILTER = _WithoutLightningInfo()

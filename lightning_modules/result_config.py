@@ -19,16 +19,39 @@ from lightning_modules.speed import effective_precision
 
 # Flattened keys (and everything below them) that decide where or how a run happens, not its result.
 WHERE_OR_HOW = (
-    "ckpt_path", "weights_only", "test_after_fit", "test_checkpoint", "verbose",
-    "trainer.accelerator", "trainer.strategy", "trainer.devices", "trainer.num_nodes", "trainer.logger",
-    "trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-    "trainer.enable_checkpointing", "trainer.log_every_n_steps", "trainer.profiler", "trainer.barebones",
-    "trainer.plugins", "trainer.num_sanity_val_steps", "trainer.enable_autolog_hparams",
-    "trainer.model_registry", "trainer.detect_anomaly", "trainer.inference_mode",
-    "trainer.use_distributed_sampler", "trainer.benchmark",
-    "data.init_args.data_dir", "data.init_args.num_workers", "data.init_args.download",
-    "data.init_args.cache_dir", "data.init_args.pin_memory",
-    "model.channels_last", "model.compile", "speed",
+    "ckpt_path",
+    "weights_only",
+    "test_after_fit",
+    "test_checkpoint",
+    "verbose",
+    "trainer.accelerator",
+    "trainer.strategy",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.logger",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.enable_checkpointing",
+    "trainer.log_every_n_steps",
+    "trainer.profiler",
+    "trainer.barebones",
+    "trainer.plugins",
+    "trainer.num_sanity_val_steps",
+    "trainer.enable_autolog_hparams",
+    "trainer.model_registry",
+    "trainer.detect_anomaly",
+    "trainer.inference_mode",
+    "trainer.use_distributed_sampler",
+    "trainer.benchmark",
+    "data.init_args.data_dir",
+    "data.init_args.num_workers",
+    "data.init_args.download",
+    "data.init_args.cache_dir",
+    "data.init_args.pin_memory",
+    "model.channels_last",
+    "model.compile",
+    "speed",
 )
 
 
@@ -49,8 +72,18 @@ def _bookkeeping_callbacks() -> tuple[type, ...]:
 
     # StopOnDivergence changes only runs whose validation or weights went non-finite: it fails them, as
     # the model's check_finite fails a non-finite training loss; every other run trains the same.
-    return (BasePredictionWriter, DeviceStatsMonitor, LearningRateMonitor, ModelCheckpoint, ModelSummary,
-            ProgressBar, Timer, CheckpointOnSignal, ExactResume, StopOnDivergence)
+    return (
+        BasePredictionWriter,
+        DeviceStatsMonitor,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        ModelSummary,
+        ProgressBar,
+        Timer,
+        CheckpointOnSignal,
+        ExactResume,
+        StopOnDivergence,
+    )
 
 
 def _changes_training(class_path: str) -> bool:
@@ -77,13 +110,15 @@ def result_config(config: dict[str, Any]) -> dict[str, Any]:
     callbacks = (config.get("trainer") or {}).get("callbacks") or []
     flat: dict[str, Any] = {}
     _flatten({key: value for key, value in config.items()}, "", flat)
-    kept = {key: value for key, value in flat.items()
-            if not key.startswith("trainer.callbacks")
-            and not any(key == rule or key.startswith(rule + ".") for rule in WHERE_OR_HOW)}
+    kept = {
+        key: value
+        for key, value in flat.items()
+        if not key.startswith("trainer.callbacks")
+        and not any(key == rule or key.startswith(rule + ".") for rule in WHERE_OR_HOW)
+    }
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
         class_path = callback.get("class_path", "") if isinstance(callback, dict) else str(callback)
         if _changes_training(class_path):
-            kept[f"trainer.callbacks.{class_path}"] = (callback.get("init_args") if isinstance(callback, dict)
-                                                       else None)
+            kept[f"trainer.callbacks.{class_path}"] = callback.get("init_args") if isinstance(callback, dict) else None
     kept["trainer.precision"] = effective_precision(config)
     return kept

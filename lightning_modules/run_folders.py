@@ -65,8 +65,9 @@ def log_into_checkpoint_run(run: Any) -> Path | None:
     folder = checkpoint_run_folder(run.get("ckpt_path"))
     trainer = lookup(run, "trainer")
     loggers = [logger for logger in as_list(lookup(trainer, "logger")) if hasattr(logger, "get")]
-    file_loggers = [logger for logger in loggers
-                    if str(lookup(logger, "class_path", default="")).endswith(FILE_LOGGERS)]
+    file_loggers = [
+        logger for logger in loggers if str(lookup(logger, "class_path", default="")).endswith(FILE_LOGGERS)
+    ]
     if folder is None or not file_loggers or file_loggers[0] is not loggers[0] or fixed_run_folder(trainer) is not None:
         return None
     numbered = re.fullmatch(r"version_(\d+)", folder.name)
@@ -216,8 +217,11 @@ class MetricsHistoryWriter(ExperimentWriter):
 
     def _write(self, fieldnames: list[str], rows: list[dict[str, str]]) -> None:
         local = "://" not in self.metrics_file_path
-        with (open_atomic(self.metrics_file_path, "w", newline="") if local
-              else self._fs.open(self.metrics_file_path, "w", newline="")) as handle:
+        with (
+            open_atomic(self.metrics_file_path, "w", newline="")
+            if local
+            else self._fs.open(self.metrics_file_path, "w", newline="")
+        ) as handle:
             writer = csv.DictWriter(handle, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)

@@ -37,8 +37,7 @@ from lightning_modules.run_folders import fixed_run_folder
 # How long a run trains. A resumed run may change these only without a learning-rate schedule: a
 # schedule's length is filled from them when the run starts and restored from the checkpoint
 # afterwards, so the resumed run would follow the old length while its config said the new one.
-LENGTH = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs",
-          "trainer.min_steps")
+LENGTH = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs", "trainer.min_steps")
 CALLBACKS_HINT = (
     "a `callbacks:` list in a config replaces the defaults of experiments/presets/defaults.yaml, "
     "their last.ckpt checkpoint included; write `callbacks+:` to add to them, or list a ModelCheckpoint "
@@ -52,8 +51,10 @@ def check_run_has_an_end(run: Any) -> None:
         return
     if lookup(trainer, "max_epochs") != -1 or lookup(trainer, "max_steps", default=-1) != -1:
         return
-    if any(_is(callback, "pytorch_lightning.callbacks.EarlyStopping", "pytorch_lightning.callbacks.Timer")
-           for callback in as_list(lookup(trainer, "callbacks"))):
+    if any(
+        _is(callback, "pytorch_lightning.callbacks.EarlyStopping", "pytorch_lightning.callbacks.Timer")
+        for callback in as_list(lookup(trainer, "callbacks"))
+    ):
         return  # the user gave the run its end
     raise ConfigError(
         "this run has no end: trainer.max_epochs=-1 with trainer.max_steps=-1 trains until the process is "
@@ -116,8 +117,9 @@ def _writes_last(callback: Any) -> bool:
     if not _is(callback, "pytorch_lightning.callbacks.ModelCheckpoint"):
         return False
     args = lookup(callback, "init_args")
-    return bool(lookup(args, "save_last")) or (lookup(args, "filename") == "last"
-                                               and lookup(args, "save_top_k", default=1) != 0)
+    return bool(lookup(args, "save_last")) or (
+        lookup(args, "filename") == "last" and lookup(args, "save_top_k", default=1) != 0
+    )
 
 
 def check_checkpointing(run: Any) -> None:
@@ -127,18 +129,25 @@ def check_checkpointing(run: Any) -> None:
     if any(_writes_last(callback) for callback in callbacks):
         return
     off = lookup(trainer, "enable_checkpointing") is False
-    why = ("trainer.enable_checkpointing=false saves no checkpoint" if off
-           else f"trainer.callbacks configures nothing that writes last.ckpt ({CALLBACKS_HINT})")
+    why = (
+        "trainer.enable_checkpointing=false saves no checkpoint"
+        if off
+        else f"trainer.callbacks configures nothing that writes last.ckpt ({CALLBACKS_HINT})"
+    )
     if run.get("ckpt_path") == "last":
         raise ConfigError(f"--ckpt_path last resumes from the run's last.ckpt, but {why}")
     if lookup(trainer, "fast_dev_run"):
         return  # saves nothing anyway, by design
     if off:
-        say("ablate: warning: trainer.enable_checkpointing=false: nothing of this run will be saved; it cannot "
-            "be resumed or tested afterwards")
+        say(
+            "ablate: warning: trainer.enable_checkpointing=false: nothing of this run will be saved; it cannot "
+            "be resumed or tested afterwards"
+        )
     else:
-        say(f"ablate: warning: no last.ckpt will be saved, so this run cannot be resumed with --ckpt_path last: "
-            f"{CALLBACKS_HINT}")
+        say(
+            f"ablate: warning: no last.ckpt will be saved, so this run cannot be resumed with --ckpt_path last: "
+            f"{CALLBACKS_HINT}"
+        )
 
 
 def refuse_to_overwrite_a_finished_run(trainer_config: Any, ckpt_path: Any) -> None:
@@ -255,8 +264,12 @@ def check_resumed_config(current: dict[str, Any], run_folder: Path | None, ckpt_
             continue
         shown = "; ".join(f"{key}: {_show(old)} -> {_show(new)}" for key, (old, new) in list(changes.items())[:6])
         more = f" (and {len(changes) - 6} more)" if len(changes) > 6 else ""
-        length = (" A learning-rate schedule is restored from the checkpoint with the old length, so the length "
-                  "can change only in runs without one." if set(changes) & set(LENGTH) else "")
+        length = (
+            " A learning-rate schedule is restored from the checkpoint with the old length, so the length "
+            "can change only in runs without one."
+            if set(changes) & set(LENGTH)
+            else ""
+        )
         raise ConfigError(
             f"resuming {ckpt_path} with settings that differ from the run's saved config {path}: {shown}{more}. "
             "The checkpoint restores the old optimiser and schedule state, and config.yaml would record settings "

@@ -100,8 +100,12 @@ def acquire(folder: str | Path) -> bool:
     except LockHeld as busy:
         raise RunFolderInUse(folder, busy.holder or "pid unknown") from None
     except OSError as error:  # e.g. ENOLCK on a network file system mounted without locks
-        print(f"ablate: warning: cannot lock {folder} ({error.strerror}); another process could write "
-              "into this run folder at the same time", file=sys.stderr, flush=True)
+        print(
+            f"ablate: warning: cannot lock {folder} ({error.strerror}); another process could write "
+            "into this run folder at the same time",
+            file=sys.stderr,
+            flush=True,
+        )
         return False
     _HELD[folder] = handle
     return True
@@ -166,8 +170,10 @@ def lock_run_folder(trainer: pl.Trainer, trainer_config: Any) -> Path | None:
         except RunFolderInUse as busy:
             if not numbered or not isinstance(logger.version, int):
                 holder = describe_holder(busy.holder)
-                raise ConfigError(f"run folder {busy.folder} is in use by another ablate process ({holder}); "
-                                  "wait for it or choose another folder") from None
+                raise ConfigError(
+                    f"run folder {busy.folder} is in use by another ablate process ({holder}); "
+                    "wait for it or choose another folder"
+                ) from None
             # Loggers share the version (cli._align_logger_versions) and offer no setter for it: their
             # private `_version` is what their read-only `version` returns.
             for each in trainer.loggers:

@@ -23,8 +23,12 @@ def multiply_adds(network: torch.nn.Module, input_shape: tuple[int, ...]) -> int
     """Multiply-adds of one eval-mode forward pass of ``network`` on one input of ``input_shape`` (C, H, W)."""
     network = getattr(network, "_orig_mod", network)  # a compiled network: count the eager one, compile nothing
     parameter = next(network.parameters(), None)
-    image = torch.zeros(1, *input_shape, device=parameter.device if parameter is not None else "cpu",
-                        dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else None)
+    image = torch.zeros(
+        1,
+        *input_shape,
+        device=parameter.device if parameter is not None else "cpu",
+        dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else None,
+    )
     modes = {module: module.training for module in network.modules()}
     network.eval()  # the count of inference (aux heads off), and no batch statistics of a zero image
     try:
@@ -59,8 +63,9 @@ class RunSummary(ModelSummary):
             run += f" ({name}, {classes} classes)" if classes else f" ({name})"
         total = sum(p.numel() for p in network.parameters())
         trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-        line = (f"network: {type(network).__name__}, {get_human_readable_count(total)} parameters "
-                + ("(all trainable)" if trainable == total else f"({get_human_readable_count(trainable)} trainable)"))
+        line = f"network: {type(network).__name__}, {get_human_readable_count(total)} parameters " + (
+            "(all trainable)" if trainable == total else f"({get_human_readable_count(trainable)} trainable)"
+        )
         if in_chans and size:
             shape = (in_chans, *((size, size) if isinstance(size, int) else size))
             try:

@@ -86,8 +86,10 @@ def floored_warmup(requested: int, total_steps: int | None, floor: int, name: st
     if scale == 1.0:
         note = f"{name}: warm-up of {requested} steps made {steps} (at least {floor}, at most half the run)"
     else:
-        note = (f"{name}: a {total_steps}-step run is too short for a {floor}-step warm-up: warming up over "
-                f"{steps} steps to {scale:.2g} x the peak rate instead")
+        note = (
+            f"{name}: a {total_steps}-step run is too short for a {floor}-step warm-up: warming up over "
+            f"{steps} steps to {scale:.2g} x the peak rate instead"
+        )
     return WarmupPlan(steps, scale, note)
 
 
@@ -289,8 +291,10 @@ def build_scheduler(
     fill: dict[str, Any] = {}
     if "total_steps" in accepted and keywords.get("total_steps") is None and not keywords.get("epochs"):
         fill["total_steps"] = _training_length(trainer, interval, name)
-    if "steps_per_epoch" in accepted and keywords.get("steps_per_epoch") is None and (
-        declared or keywords.get("epochs")
+    if (
+        "steps_per_epoch" in accepted
+        and keywords.get("steps_per_epoch") is None
+        and (declared or keywords.get("epochs"))
     ):
         fill["steps_per_epoch"] = _steps_per_epoch(trainer, interval)
     if "min_warmup_steps" in accepted and keywords.get("min_warmup_steps") is None:

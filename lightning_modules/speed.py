@@ -99,8 +99,9 @@ def choose(device: Device, precision: str | None = None, channels_last: bool | N
     return Choice(precision, channels_last, reason)
 
 
-def resolve(speed: Speed, accelerator: Any, precision: Any, channels_last: bool | None,
-            device: Device | None = None) -> tuple[Choice, str | None]:
+def resolve(
+    speed: Speed, accelerator: Any, precision: Any, channels_last: bool | None, device: Device | None = None
+) -> tuple[Choice, str | None]:
     """The settings a run uses, and the line that says what was chosen (None when nothing was).
 
     Args:

@@ -112,8 +112,10 @@ def load_weights(network: nn.Module, source: str, skip_mismatched_head: bool = T
     from lightning_modules.divergence import non_finite_tensors
 
     if bad := non_finite_tensors(state):
-        raise ValueError(f"{source} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): it is not a trained "
-                         "model; give --model.weights a checkpoint saved before the run diverged")
+        raise ValueError(
+            f"{source} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): it is not a trained "
+            "model; give --model.weights a checkpoint saved before the run diverged"
+        )
     own = network.state_dict()
     mismatched = [key for key, value in state.items() if key in own and own[key].shape != value.shape]
     head = head_name(network)
@@ -186,8 +188,9 @@ class FineTune(Callback):
             ``lr_multipliers`` wins over it.
     """
 
-    def __init__(self, freeze: list[str] | None = None, freeze_bn_stats: bool = True,
-                 head_lr_multiplier: float = 1.0) -> None:
+    def __init__(
+        self, freeze: list[str] | None = None, freeze_bn_stats: bool = True, head_lr_multiplier: float = 1.0
+    ) -> None:
         if head_lr_multiplier < 0:
             raise ValueError(f"fine_tune.head_lr_multiplier must be >= 0, got {head_lr_multiplier}")
         self.freeze = list(freeze or [])

@@ -50,19 +50,29 @@ def tiny_config(data_dir: Path, seconds: float = 0.0) -> dict:
     return {
         "seed_everything": 0,
         "trainer": {
-            "max_epochs": EPOCHS, "accelerator": "cpu", "devices": 1, "deterministic": True,
-            "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 5,
-            "logger": [{"class_path": "pytorch_lightning.loggers.CSVLogger",
-                        "init_args": {"save_dir": "runs", "name": "tiny"}}],
+            "max_epochs": EPOCHS,
+            "accelerator": "cpu",
+            "devices": 1,
+            "deterministic": True,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 5,
+            "logger": [
+                {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "tiny"}}
+            ],
             "callbacks+": [{"class_path": "tests.fit_processes.BatchRecorder", "init_args": {"seconds": seconds}}],
         },
         "model": {
-            "network": {"class_path": "architectures.ZooModel",
-                        "init_args": {"name": "lenet5", "overrides": {"c3_table": False, "pooling": "max"}}},
+            "network": {
+                "class_path": "architectures.ZooModel",
+                "init_args": {"name": "lenet5", "overrides": {"c3_table": False, "pooling": "max"}},
+            },
             "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 3e-3}},  # learns: val acc 0.6, 1.0
         },
-        "data": {"class_path": "datamodules.MNISTDataModule",
-                 "init_args": {"data_dir": str(data_dir), "batch_size": 50, "val_size": 100, "download": False}},
+        "data": {
+            "class_path": "datamodules.MNISTDataModule",
+            "init_args": {"data_dir": str(data_dir), "batch_size": 50, "val_size": 100, "download": False},
+        },
     }
 
 
@@ -72,7 +82,11 @@ def start(workdir: Path, config: dict, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "WANDB_MODE": "offline"}
     return subprocess.Popen(
         [sys.executable, "-m", "experiments.cli", "fit", "--config", "tiny.yaml", *args],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -102,8 +116,7 @@ def last_checkpoint(workdir: Path) -> dict:
 def batch_log(workdir: Path) -> list[list[tuple[int, str]]]:
     """Per run in the folder (first, then resumed): the (step, digest) of every training batch."""
     runs = (workdir / "batches.log").read_text().split("run\n")[1:]
-    return [[(int(step), digest) for step, _, _, digest in (line.split() for line in run.splitlines())]
-            for run in runs]
+    return [[(int(step), digest) for step, _, _, digest in (line.split() for line in run.splitlines())] for run in runs]
 
 
 def metric_rows(workdir: Path) -> list[dict]:

@@ -31,8 +31,14 @@ def write_synthetic_mnist(root: Path, n_train: int = 600, n_test: int = 200, see
 
 def run_ablate(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real ``ablate`` entry point in a subprocess, as a user would."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-                "NO_COLOR": "1", **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "NO_COLOR": "1",
+        **(env or {}),
+    }
     full_env.pop("WANDB_API_KEY", None)
     return subprocess.run(
         [sys.executable, "-m", "experiments.cli", *args],

@@ -27,14 +27,27 @@ def _config(root: Path, name: str) -> dict:
     return {
         "seed_everything": 0,
         "trainer": {
-            "max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
-            "logger": [{"class_path": "pytorch_lightning.loggers.CSVLogger",
-                        "init_args": {"save_dir": str(root / "runs"), "name": name}}],
+            "max_epochs": 1,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": [
+                {
+                    "class_path": "pytorch_lightning.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(root / "runs"), "name": name},
+                }
+            ],
         },
         "model": {"network": {"class_path": "architectures.ZooModel", "init_args": {"name": name}}},
-        "data": {"class_path": "datamodules.CIFAR10DataModule",
-                 "init_args": {"data_dir": str(root / "data"), "batch_size": 32, "val_size": 40,
-                               "cache_dir": str(root / "cache")}},
+        "data": {
+            "class_path": "datamodules.CIFAR10DataModule",
+            "init_args": {
+                "data_dir": str(root / "data"),
+                "batch_size": 32,
+                "val_size": 40,
+                "cache_dir": str(root / "cache"),
+            },
+        },
     }
 
 
@@ -98,8 +111,24 @@ def test_landscape_writes_pictures_and_grid_and_the_origin_is_the_models_loss(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "landscape"
-    assert landscape.main([str(runs["resnet20"]), "--steps", "3", "--span", "0.5", "--subset", "0", "--surface",
-                           "--out", str(out), "--no-progress"]) == 0
+    assert (
+        landscape.main(
+            [
+                str(runs["resnet20"]),
+                "--steps",
+                "3",
+                "--span",
+                "0.5",
+                "--subset",
+                "0",
+                "--surface",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((out / "landscape.json").read_text())
     result = saved["runs"][0]
     assert result["subset"] == 160 and len(result["loss_2d"]) == 3
@@ -181,8 +210,23 @@ def test_lesion_of_no_unit_reproduces_the_test_error_and_writes_table(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "lesion"
-    assert lesion.main([str(runs["resnet20"]), str(runs["plain20"]), "--random-k", "1", "2", "--samples", "2",
-                        "--out", str(out), "--no-progress"]) == 0
+    assert (
+        lesion.main(
+            [
+                str(runs["resnet20"]),
+                str(runs["plain20"]),
+                "--random-k",
+                "1",
+                "2",
+                "--samples",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| resnet20 | none |" in printed and "| plain20 | layer2.0 | yes | n/a |" in printed
     results = json.loads((out / "lesion.json").read_text())["results"]
@@ -251,10 +295,15 @@ def test_two_arms_of_one_network_get_labels_that_tell_them_apart() -> None:
     from types import SimpleNamespace
 
     sweep = Path("runs/resnet_shortcuts/short")
-    runs = [SimpleNamespace(label="resnet20", run_dir=sweep / "original" / "seed_0"),
-            SimpleNamespace(label="resnet20", run_dir=sweep / "constant_scaling_0_1" / "seed_0"),
-            SimpleNamespace(label="plain20", run_dir=sweep / "plain" / "seed_0")]
-    assert common.unique_labels(runs) == ["resnet20 (original/seed_0)", "resnet20 (constant_scaling_0_1/seed_0)",
-                                          "plain20"]
+    runs = [
+        SimpleNamespace(label="resnet20", run_dir=sweep / "original" / "seed_0"),
+        SimpleNamespace(label="resnet20", run_dir=sweep / "constant_scaling_0_1" / "seed_0"),
+        SimpleNamespace(label="plain20", run_dir=sweep / "plain" / "seed_0"),
+    ]
+    assert common.unique_labels(runs) == [
+        "resnet20 (original/seed_0)",
+        "resnet20 (constant_scaling_0_1/seed_0)",
+        "plain20",
+    ]
     runs[1].run_dir = sweep / "original" / "seed_1"
     assert common.unique_labels(runs)[:2] == ["resnet20 (seed_0)", "resnet20 (seed_1)"]

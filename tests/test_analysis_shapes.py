@@ -33,8 +33,12 @@ def test_inception_lecture_1x1_bottleneck_costs_12m_multiply_adds() -> None:
 
 
 def test_arithmetic_mode_prints_the_lecture_numbers(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert shapes.main(["--conv", "28x28x192", "--out-chs", "32", "--kernel", "5", "--bottleneck", "16",
-                        "--out", str(tmp_path)]) == 0
+    assert (
+        shapes.main(
+            ["--conv", "28x28x192", "--out-chs", "32", "--kernel", "5", "--bottleneck", "16", "--out", str(tmp_path)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "12,443,648" in printed and "120,422,400" in printed
     assert json.loads((tmp_path / "shapes.json").read_text())["macs"] == 12_443_648

@@ -70,13 +70,17 @@ def test_a_checkpoint_save_that_fails_keeps_the_previous_file(where: str, tmp_pa
         monkeypatch.setattr(files, "open", lambda *a, **k: _FillsUp(builtins.open(*a, **k), 10_000), raising=False)
         cause = "No space left on device"
     elif where == "fsync":
+
         def fails(descriptor: int) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
+
         monkeypatch.setattr(files.os, "fsync", fails)
         cause = "Input/output error"
     else:
+
         def refused(source, destination) -> None:
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
         monkeypatch.setattr(files.os, "replace", refused)
         cause = "Permission denied"
     with pytest.raises(CheckpointError) as raised:
@@ -181,8 +185,9 @@ def mount_tmpfs(tmp_path: Path):
         if os.geteuid() != 0:
             pytest.skip("mounting a small tmpfs needs root")
         folder.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if result.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
         mounted.append(folder)
@@ -208,20 +213,31 @@ def _fit(tmp_path: Path, monkeypatch, *extra: str) -> int:
     data = write_synthetic_mnist(tmp_path / "data", n_train=300, n_test=50)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / "cache"))
-    return cli.main([
-        "fit", "--model.network=architectures.ZooModel", "--model.network.init_args.name=lenet5",
-        "--data=datamodules.MNISTDataModule", f"--data.data_dir={data}", "--data.download=false",
-        "--data.batch_size=32", "--data.val_size=64", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1", *QUICK, *extra,
-    ])
+    return cli.main(
+        [
+            "fit",
+            "--model.network=architectures.ZooModel",
+            "--model.network.init_args.name=lenet5",
+            "--data=datamodules.MNISTDataModule",
+            f"--data.data_dir={data}",
+            "--data.download=false",
+            "--data.batch_size=32",
+            "--data.val_size=64",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            *QUICK,
+            *extra,
+        ]
+    )
 
 
 def _last_error(capsys) -> str:
     return [line for line in capsys.readouterr().err.splitlines() if line.strip()][-1]
 
 
-def test_a_run_whose_disk_fills_stops_with_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch, capsys,
-                                                                           mount_tmpfs) -> None:
+def test_a_run_whose_disk_fills_stops_with_the_previous_checkpoint_intact(
+    tmp_path: Path, monkeypatch, capsys, mount_tmpfs
+) -> None:
     # Room for the logs and epoch 0's two checkpoints (~530 kB each), not for a third.
     mount_tmpfs(tmp_path / "runs", "1300k")
     status = _fit(tmp_path, monkeypatch, "--trainer.max_epochs=2")
@@ -229,7 +245,8 @@ def test_a_run_whose_disk_fills_stops_with_the_previous_checkpoint_intact(tmp_pa
     assert status == cli.EXIT_SETUP_ERROR, last  # a full disk says nothing about the arm
     assert last.startswith(f"ablate: error: CheckpointError: could not save {CHECKPOINTS}/"), last
     assert last.endswith(".ckpt: No space left on device; the previous last.ckpt is intact") or last.endswith(
-        ".ckpt: No space left on device; nothing was written"), last
+        ".ckpt: No space left on device; nothing was written"
+    ), last
     checkpoint = load_checkpoint(tmp_path / CHECKPOINTS / "last.ckpt")
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, 2)
     assert _leftovers(tmp_path / CHECKPOINTS) == []
@@ -296,20 +313,30 @@ class PoisonInSecondEpoch(Callback):
 
 
 @pytest.mark.parametrize("when", ["validation", "training"])
-def test_a_diverged_run_keeps_its_last_good_checkpoint_and_names_it(when: str, tmp_path: Path, monkeypatch,
-                                                                     capsys) -> None:
-    status = _fit(tmp_path, monkeypatch, "--trainer.max_epochs=3",
-                  f"--trainer.callbacks+={__name__}.PoisonInSecondEpoch", f"--trainer.callbacks.when={when}")
+def test_a_diverged_run_keeps_its_last_good_checkpoint_and_names_it(
+    when: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    status = _fit(
+        tmp_path,
+        monkeypatch,
+        "--trainer.max_epochs=3",
+        f"--trainer.callbacks+={__name__}.PoisonInSecondEpoch",
+        f"--trainer.callbacks.when={when}",
+    )
     last = _last_error(capsys)
     assert status == cli.EXIT_TRAINING_FAILED, last
     good = f"the last good checkpoint is {CHECKPOINTS / 'last.ckpt'} (epoch 0, step 2); start a new run from its"
     if when == "validation":
-        assert re.match(r"ablate: error: DivergenceError: val/loss is (nan|inf) at epoch 1 \(global step 4\): "
-                        "the run diverged and these weights were not saved; ", last), last
+        assert re.match(
+            r"ablate: error: DivergenceError: val/loss is (nan|inf) at epoch 1 \(global step 4\): "
+            "the run diverged and these weights were not saved; ",
+            last,
+        ), last
         assert last.endswith(good + " weights with --model.weights <that file> and a lower learning rate"), last
     else:
-        assert last.startswith("ablate: error: NonFiniteLossError: non-finite training loss (nan) at global "
-                               "step 2"), last
+        assert last.startswith("ablate: error: NonFiniteLossError: non-finite training loss (nan) at global step 2"), (
+            last
+        )
         assert f"Nothing of this step was saved; {good}" in last, last
     kept = PoisonInSecondEpoch.kept
     assert "last.ckpt" in kept and len(kept) == 2, "epoch 0 saved last.ckpt and the best checkpoint"
@@ -324,9 +351,15 @@ def test_a_diverged_run_keeps_its_last_good_checkpoint_and_names_it(when: str, t
 def test_ablate_trainers_save_through_the_atomic_plugin(extra: list[str], synthetic_mnist: Path) -> None:
     from experiments.cli import run_lightning_cli
 
-    args = ["--model.network=architectures.ZooModel", "--model.network.init_args.name=lenet5",
-            "--data=datamodules.MNISTDataModule", f"--data.data_dir={synthetic_mnist}", "--data.download=false",
-            "--trainer.accelerator=cpu", *extra]
+    args = [
+        "--model.network=architectures.ZooModel",
+        "--model.network.init_args.name=lenet5",
+        "--data=datamodules.MNISTDataModule",
+        f"--data.data_dir={synthetic_mnist}",
+        "--data.download=false",
+        "--trainer.accelerator=cpu",
+        *extra,
+    ]
     assert isinstance(run_lightning_cli(args, run=False).trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     off = run_lightning_cli([*args, "--model.check_finite=false"], run=False).trainer.strategy.checkpoint_io
     assert off.refuse_non_finite is False

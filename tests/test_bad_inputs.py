@@ -47,11 +47,15 @@ def _expand(args: str, inputs: dict[str, str]) -> list[str]:
 def _run(case: Case, inputs: dict[str, str], root: Path) -> Outcome:
     workdir = root / case.id
     workdir.mkdir(parents=True)
-    result = run_ablate(*_expand(case.args, inputs), cwd=workdir, timeout=600,
-                        env={"ABLATE_CACHE_DIR": str(workdir / "cache")})
+    result = run_ablate(
+        *_expand(case.args, inputs), cwd=workdir, timeout=600, env={"ABLATE_CACHE_DIR": str(workdir / "cache")}
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    leftovers = [str(path.relative_to(workdir)) for pattern in ("*.ckpt", "result.json", MARKER)
-                 for path in workdir.rglob(pattern)]
+    leftovers = [
+        str(path.relative_to(workdir))
+        for pattern in ("*.ckpt", "result.json", MARKER)
+        for path in workdir.rglob(pattern)
+    ]
     return Outcome(result.returncode, lines[-1] if lines else "", result.stderr, leftovers)
 
 
@@ -75,8 +79,10 @@ def test_the_corpus_is_large_and_its_ids_unique() -> None:
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(case, id=case.id, marks=[pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else [])
-     for case in CASES],
+    [
+        pytest.param(case, id=case.id, marks=[pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else [])
+        for case in CASES
+    ],
 )
 @pytest.mark.end_to_end
 def test_bad_input_fails_with_one_clear_line(case: Case, outcomes: dict[str, Outcome]) -> None:
@@ -95,8 +101,11 @@ PRINTS_A_TRACEBACK: dict[str, str] = {}
 @pytest.mark.end_to_end
 def test_no_bad_input_prints_a_traceback(outcomes: dict[str, Outcome]) -> None:
     """A user's mistake is one line; a traceback is for bugs (and for ABLATE_DEBUG=1)."""
-    printed = {key: outcome.stderr[outcome.stderr.find("Traceback"):][:600] for key, outcome in outcomes.items()
-               if "Traceback" in outcome.stderr and key not in PRINTS_A_TRACEBACK}
+    printed = {
+        key: outcome.stderr[outcome.stderr.find("Traceback") :][:600]
+        for key, outcome in outcomes.items()
+        if "Traceback" in outcome.stderr and key not in PRINTS_A_TRACEBACK
+    }
     assert not printed, "\n\n".join(f"{key}:\n{text}" for key, text in printed.items())
 
 
@@ -105,19 +114,31 @@ def test_fit_stops_at_the_first_non_finite_loss(tmp_path: Path, monkeypatch, cap
     LeNet-5's bounded tanh units keep even a learning rate of 1e30 finite)."""
     data = write_synthetic_mnist(tmp_path / "data", n_train=300, n_test=50)
     monkeypatch.chdir(tmp_path)
-    code = main([
-        "fit", "--model.network=architectures.ZooModel", "--model.network.init_args.name=inception_mnist",
-        "--data=datamodules.MNISTDataModule", f"--data.data_dir={data}", "--data.val_size=44",
-        "--data.batch_size=32", "--model.optimizer=torch.optim.SGD", "--model.optimizer.init_args.lr=1e12",
-        "--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-    ])
+    code = main(
+        [
+            "fit",
+            "--model.network=architectures.ZooModel",
+            "--model.network.init_args.name=inception_mnist",
+            "--data=datamodules.MNISTDataModule",
+            f"--data.data_dir={data}",
+            "--data.val_size=44",
+            "--data.batch_size=32",
+            "--model.optimizer=torch.optim.SGD",
+            "--model.optimizer.init_args.lr=1e12",
+            "--trainer.max_epochs=1",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
+    )
     stderr = capsys.readouterr().err
     assert code == 1, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
-    match = re.fullmatch(r"ablate: error: NonFiniteLossError: non-finite training loss \((nan|inf|-inf)\) at "
-                         r"global step (\d+) \(epoch 0, batch (\d+)\)\. Likely causes: a learning rate too high.*",
-                         last)
+    match = re.fullmatch(
+        r"ablate: error: NonFiniteLossError: non-finite training loss \((nan|inf|-inf)\) at "
+        r"global step (\d+) \(epoch 0, batch (\d+)\)\. Likely causes: a learning rate too high.*",
+        last,
+    )
     assert match, last
     assert 0 < int(match.group(2)) < 8, "stopped at the first non-finite loss, within the epoch"
     assert not list(tmp_path.rglob("*.ckpt")), "nothing saved from a diverged run"
@@ -138,9 +159,22 @@ def test_a_diverging_arm_is_recorded_as_failed_and_the_sweep_carries_on(tmp_path
         "model:\n  network:\n    init_args: {name: all_cnn_c}\n  optimizer:\n    init_args: {lr: 1.0e+12}\n"
     )
     out = tmp_path / "runs"
-    result = run_ablate("sweep", str(study), "--tier", "smoke", "--out", str(out),
-                        "--set", f"data.init_args.data_dir={cifar}", "--set", "data.init_args.val_size=20",
-                        "--set", "data.init_args.batch_size=16", cwd=tmp_path, timeout=1500)
+    result = run_ablate(
+        "sweep",
+        str(study),
+        "--tier",
+        "smoke",
+        "--out",
+        str(out),
+        "--set",
+        f"data.init_args.data_dir={cifar}",
+        "--set",
+        "data.init_args.val_size=20",
+        "--set",
+        "data.init_args.batch_size=16",
+        cwd=tmp_path,
+        timeout=1500,
+    )
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]  # a failed run fails the sweep
     assert result.stdout.strip().splitlines()[-1].startswith("diverge [smoke]: 1 completed, 1 failed, 0 skipped")
     diverged = json.loads((out / "diverge" / "smoke" / "lr_1e12" / "seed_0" / "result.json").read_text())

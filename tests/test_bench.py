@@ -38,8 +38,24 @@ def _printed_json(capsys) -> dict:
 
 @pytest.mark.end_to_end
 def test_time_to_accuracy_stops_both_sides_at_the_target(cifar: Path, capsys) -> None:
-    assert bench.main(["time-to-acc", "--network", "lenet5", "--data-dir", str(cifar), "--target", "0.0",
-                       "--epochs", "3", "--format", "json"]) == 0
+    assert (
+        bench.main(
+            [
+                "time-to-acc",
+                "--network",
+                "lenet5",
+                "--data-dir",
+                str(cifar),
+                "--target",
+                "0.0",
+                "--epochs",
+                "3",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     result = _printed_json(capsys)
     (row,) = result["rows"]
     assert row["plain_epochs"] == row["ablate_epochs"] == 1, "a target of 0 is reached after the first epoch"
@@ -53,8 +69,24 @@ def test_time_to_accuracy_stops_both_sides_at_the_target(cifar: Path, capsys) ->
 
 @pytest.mark.end_to_end
 def test_time_to_accuracy_says_when_the_target_is_not_reached(cifar: Path, capsys) -> None:
-    assert bench.main(["time-to-acc", "--network", "lenet5", "--data-dir", str(cifar), "--target", "1.01",
-                       "--epochs", "2", "--format", "json"]) == 0
+    assert (
+        bench.main(
+            [
+                "time-to-acc",
+                "--network",
+                "lenet5",
+                "--data-dir",
+                str(cifar),
+                "--target",
+                "1.01",
+                "--epochs",
+                "2",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     result = _printed_json(capsys)
     (row,) = result["rows"]
     assert row["plain_epochs"] == row["ablate_epochs"] == "not reached"
@@ -69,8 +101,27 @@ def test_time_to_accuracy_says_when_the_target_is_not_reached(cifar: Path, capsy
 def test_time_to_accuracy_full_schedule_compares_auto_with_fp32(cifar: Path, capsys) -> None:
     """``--sides ablate,ablate-fp32 --full-schedule``: both sides train every epoch although the target is
     met after the first, the time to the target is still read off, and the final accuracy is reported."""
-    assert bench.main(["time-to-acc", "--network", "lenet5", "--data-dir", str(cifar), "--target", "0.0",
-                       "--epochs", "2", "--sides", "ablate,ablate-fp32", "--full-schedule", "--format", "json"]) == 0
+    assert (
+        bench.main(
+            [
+                "time-to-acc",
+                "--network",
+                "lenet5",
+                "--data-dir",
+                str(cifar),
+                "--target",
+                "0.0",
+                "--epochs",
+                "2",
+                "--sides",
+                "ablate,ablate-fp32",
+                "--full-schedule",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     result = _printed_json(capsys)
     assert set(result["runs"]) == {"ablate", "ablate-fp32"}
     (row,) = result["rows"]
@@ -167,8 +218,28 @@ def test_a_side_that_fails_or_dies_stops_the_comparison_with_its_name() -> None:
 
 @pytest.mark.end_to_end
 def test_overhead_and_throughput_print_their_tables(cifar: Path, capsys) -> None:
-    assert bench.main(["overhead", "--networks", "lenet5", "--steps", "6", "--warmup", "2", "--repeats", "1",
-                       "--batch-size", "32", "--data-dir", str(cifar), "--format", "json"]) == 0
+    assert (
+        bench.main(
+            [
+                "overhead",
+                "--networks",
+                "lenet5",
+                "--steps",
+                "6",
+                "--warmup",
+                "2",
+                "--repeats",
+                "1",
+                "--batch-size",
+                "32",
+                "--data-dir",
+                str(cifar),
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     (row,) = _printed_json(capsys)["rows"]
     assert row["network"] == "lenet5" and row["plain_img_s"] > 0 and row["ablate_img_s"] > 0
     assert row["ratio"] == pytest.approx(row["ablate_img_s"] / row["plain_img_s"])
@@ -181,11 +252,30 @@ def test_overhead_and_throughput_print_their_tables(cifar: Path, capsys) -> None
 def test_throughput_measures_each_network_in_its_own_process(capsys) -> None:
     """A small network measured after a bigger one reports its own peak memory, not the bigger one's;
     a given peak turns counted FLOPs into a utilisation; bf16 autocast and channels_last run on CPU."""
-    assert bench.main(["throughput", "--pattern", "resnet56,resnet5[6]", "--batch-size", "32", "--steps", "1",
-                       "--variants", "fp32,bf16-cl", "--peak-tflops", "1", "--format", "json"]) == 0
+    assert (
+        bench.main(
+            [
+                "throughput",
+                "--pattern",
+                "resnet56,resnet5[6]",
+                "--batch-size",
+                "32",
+                "--steps",
+                "1",
+                "--variants",
+                "fp32,bf16-cl",
+                "--peak-tflops",
+                "1",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     big = _printed_json(capsys)["rows"]
-    assert bench.main(["throughput", "--pattern", "lenet5", "--batch-size", "32", "--steps", "1",
-                       "--format", "json"]) == 0
+    assert (
+        bench.main(["throughput", "--pattern", "lenet5", "--batch-size", "32", "--steps", "1", "--format", "json"]) == 0
+    )
     (small,) = _printed_json(capsys)["rows"]
     assert [row["variant"] for row in big] == ["fp32", "bf16-cl"]
     for row in big:
@@ -218,8 +308,19 @@ def test_a_network_that_fails_is_a_row_with_its_error() -> None:
 
 # ``ablate bench data``: MNIST, CIFAR-10 and a JPEG folder side by side. Tiny batches keep each run to
 # seconds; 0 workers keeps the folder's decoding in the test process (the worker path is the module's own).
-TINY_DATA_BENCH = ["--batch-size", "16", "--batches", "2", "--steps", "1", "--presets", "standard",
-                   "--num-workers", "0", "--skip-decode"]
+TINY_DATA_BENCH = [
+    "--batch-size",
+    "16",
+    "--batches",
+    "2",
+    "--steps",
+    "1",
+    "--presets",
+    "standard",
+    "--num-workers",
+    "0",
+    "--skip-decode",
+]
 
 
 def _data_bench(tmp_path: Path, *args: str) -> dict:
@@ -269,8 +370,17 @@ def test_data_bench_reports_mnist_cifar_and_a_jpeg_folder_side_by_side(cifar: Pa
 @pytest.mark.end_to_end
 def test_data_bench_without_data_labels_its_synthetic_stand_ins(tmp_path: Path, capsys) -> None:
     absent = str(tmp_path / "absent")
-    result = _data_bench(tmp_path, "--datasets", "mnist,folder", "--mnist-presets", "shift",
-                         "--mnist-dir", absent, "--folder-dir", absent)
+    result = _data_bench(
+        tmp_path,
+        "--datasets",
+        "mnist,folder",
+        "--mnist-presets",
+        "shift",
+        "--mnist-dir",
+        absent,
+        "--folder-dir",
+        absent,
+    )
     assert "cifar" not in result, "--datasets selects the sections"
     for name in ("mnist", "folder"):
         assert result[name]["synthetic"] and result[name]["data"].startswith("synthetic")

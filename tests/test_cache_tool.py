@@ -67,7 +67,8 @@ def test_clear_removes_only_the_cache_files(cache_dir, tmp_path, capsys) -> None
     assert fresh.exists() and "a write in progress, kept" in out
     assert outside.read_bytes() == b"not the cache's"
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted(
-        [fresh.name, "linked-0123456789abcdef01234567.pt", "sub-0123456789abcdef01234567.pt", "notes.txt"])
+        [fresh.name, "linked-0123456789abcdef01234567.pt", "sub-0123456789abcdef01234567.pt", "notes.txt"]
+    )
     assert "removed 2 files" in out
 
 

@@ -35,10 +35,19 @@ SENTINEL = "SENTINEL-4f1c-api-key-3b9d8e7a6c5b4a39"
 
 
 def _fit_args(data: Path) -> list[str]:
-    return ["fit", "--model.network=architectures.ZooModel", "--model.network.init_args.name=lenet5",
-            "--data=datamodules.MNISTDataModule", f"--data.data_dir={data}", "--data.val_size=50",
-            "--data.batch_size=50", "--data.download=false", "--trainer.accelerator=cpu",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    return [
+        "fit",
+        "--model.network=architectures.ZooModel",
+        "--model.network.init_args.name=lenet5",
+        "--data=datamodules.MNISTDataModule",
+        f"--data.data_dir={data}",
+        "--data.val_size=50",
+        "--data.batch_size=50",
+        "--data.download=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
 
 
 # ----- weights_only ---------------------------------------------------------------------------------
@@ -52,21 +61,32 @@ def test_a_checkpoint_carrying_code_is_refused_before_it_runs(how: str, tmp_path
     data = write_synthetic_mnist(tmp_path / "data", n_train=200, n_test=20)
     malicious = write_checkpoints(tmp_path / "checkpoints")["ckpt_malicious"]
     option = f"--ckpt_path={malicious}" if how == "ckpt_path" else f"--model.weights={malicious}"
-    result = run_ablate(*_fit_args(data), "--trainer.fast_dev_run=true", option, cwd=tmp_path,
-                        env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    result = run_ablate(
+        *_fit_args(data),
+        "--trainer.fast_dev_run=true",
+        option,
+        cwd=tmp_path,
+        env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert not (tmp_path / MARKER).exists(), "the pickled payload ran"
     last = result.stderr.strip().splitlines()[-1]
     if how == "ckpt_path":
-        assert last.startswith(f"ablate: error: CheckpointError: refusing to load {malicious}: it holds pickled "
-                               "Python objects (it would call posix.system)"), last
+        assert last.startswith(
+            f"ablate: error: CheckpointError: refusing to load {malicious}: it holds pickled "
+            "Python objects (it would call posix.system)"
+        ), last
     assert not list(tmp_path.rglob("runs/**/*.ckpt"))
 
 
 def test_weights_only_defaults_to_true_and_can_be_turned_off() -> None:
     def parsed(weights_only: bool | None) -> Namespace:
-        return Namespace(subcommand="test", test=Namespace(
-            weights_only=weights_only, ckpt_path=None, data=Namespace(class_path="datamodules.MNISTDataModule")))
+        return Namespace(
+            subcommand="test",
+            test=Namespace(
+                weights_only=weights_only, ckpt_path=None, data=Namespace(class_path="datamodules.MNISTDataModule")
+            ),
+        )
 
     config = parsed(None)
     prepare_run(config)
@@ -80,10 +100,19 @@ def _torch_load_calls(path: Path) -> list[tuple[int, bool]]:
     """(line, passes weights_only=True) for every `torch.load(...)` call in a source file."""
     calls = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
-            safe = any(keyword.arg == "weights_only" and isinstance(keyword.value, ast.Constant)
-                       and keyword.value.value is True for keyword in node.keywords)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "load"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "torch"
+        ):
+            safe = any(
+                keyword.arg == "weights_only"
+                and isinstance(keyword.value, ast.Constant)
+                and keyword.value.value is True
+                for keyword in node.keywords
+            )
             calls.append((node.lineno, safe))
     return calls
 
@@ -156,12 +185,30 @@ def _tiny_study(root: Path) -> Path:
 def test_a_second_sweep_on_the_same_folder_is_refused_and_the_first_finishes(tmp_path: Path) -> None:
     cifar = write_cifar10_pickles(tmp_path / "cifar", per_batch=20, num_test=30)
     study, out = _tiny_study(tmp_path), tmp_path / "runs"
-    args = ["sweep", str(study), "--tier", "smoke", "--out", str(out), "--set", f"data.init_args.data_dir={cifar}",
-            "--set", "data.init_args.val_size=20", "--set", "data.init_args.batch_size=16"]
+    args = [
+        "sweep",
+        str(study),
+        "--tier",
+        "smoke",
+        "--out",
+        str(out),
+        "--set",
+        f"data.init_args.data_dir={cifar}",
+        "--set",
+        "data.init_args.val_size=20",
+        "--set",
+        "data.init_args.batch_size=16",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "NO_COLOR": "1"}
     env.pop("WANDB_API_KEY", None)
-    first = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "experiments.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lock = out / "locked" / "smoke" / ".sweep.lock"
     deadline = time.time() + 300
     while not (lock.is_file() and lock.read_text().startswith("pid")):
@@ -187,12 +234,29 @@ def test_a_second_sweep_on_the_same_folder_is_refused_and_the_first_finishes(tmp
 @pytest.mark.end_to_end
 def test_an_api_key_never_reaches_logs_configs_or_run_folders(tmp_path: Path) -> None:
     data = write_synthetic_mnist(tmp_path / "data", n_train=200, n_test=20)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "WANDB_API_KEY": SENTINEL}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "NO_COLOR": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_API_KEY": SENTINEL,
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", *_fit_args(data), "--trainer.max_epochs=1",
-         "--config", str(REPO / "experiments" / "presets" / "wandb.yaml")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "experiments.cli",
+            *_fit_args(data),
+            "--trainer.max_epochs=1",
+            "--config",
+            str(REPO / "experiments" / "presets" / "wandb.yaml"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = tmp_path / "runs"
@@ -204,4 +268,5 @@ def test_an_api_key_never_reaches_logs_configs_or_run_folders(tmp_path: Path) ->
     assert yaml.safe_load(config.read_text())["weights_only"] is True, "the project default is stored with the run"
     (last,) = runs.glob("default/version_*/checkpoints/last.ckpt")
     assert "ExactResume" in torch.load(last, map_location="cpu", weights_only=True)["callbacks"], (
-        "our own checkpoints, RNG states included, load with weights_only=True")
+        "our own checkpoints, RNG states included, load with weights_only=True"
+    )

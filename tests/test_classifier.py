@@ -92,8 +92,9 @@ def test_one_cycle_gets_the_trainers_step_count() -> None:
 
     parser = ArgumentParser()
     parser.add_argument("--sched", type=LRSchedulerCallable)
-    cfg = parser.parse_args(["--sched", '{"class_path": "torch.optim.lr_scheduler.OneCycleLR", '
-                                       '"init_args": {"max_lr": 0.1}}'])
+    cfg = parser.parse_args(
+        ["--sched", '{"class_path": "torch.optim.lr_scheduler.OneCycleLR", "init_args": {"max_lr": 0.1}}']
+    )
     sched_factory = parser.instantiate(cfg).sched
     model = ImageClassifier(create_model("lenet5"), lr_scheduler=sched_factory, scheduler_interval="step")
 
@@ -135,12 +136,20 @@ def test_epoch_training_metrics_cover_every_batch_of_the_epoch(tmp_path, monkeyp
             with torch.no_grad():
                 network.main.bias[trainer.current_epoch] += 0.5
                 logits = network(images).logits
-            expected.append(((logits.argmax(1) == labels).float().mean().item(),
-                             F.cross_entropy(logits, labels).item()))
+            expected.append(
+                ((logits.argmax(1) == labels).float().mean().item(), F.cross_entropy(logits, labels).item())
+            )
 
-    trainer = pl.Trainer(max_epochs=2, logger=CSVLogger(tmp_path), log_every_n_steps=1, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         callbacks=[BiasEachEpoch()])
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[BiasEachEpoch()],
+    )
     trainer.fit(model, DataLoader(TensorDataset(images, labels), batch_size=16))  # 16+16+16+12
     with open(next(tmp_path.rglob("metrics.csv"))) as handle:
         epochs = [row for row in csv.DictReader(handle) if row["train/acc"]]
@@ -173,9 +182,16 @@ def test_step_loss_goes_to_the_loggers_on_their_steps_and_to_the_bar_on_every_st
             step_losses.append(outputs["loss"].item())
             assert bar.get_metrics(trainer, pl_module)["train/loss"] == pytest.approx(step_losses[-1])
 
-    trainer = pl.Trainer(max_epochs=1, logger=CSVLogger(tmp_path), log_every_n_steps=3, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         callbacks=[Record()])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=3,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[Record()],
+    )
     trainer.fit(model, DataLoader(TensorDataset(torch.randn(56, 8), torch.randint(0, 4, (56,))), batch_size=8))
     with open(next(tmp_path.rglob("metrics.csv"))) as handle:
         logged = {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(handle) if row["train/loss"]}
@@ -192,7 +208,13 @@ def test_the_bar_names_the_last_epoch_only_when_epochs_bound_the_run(max_epochs,
     from lightning_modules.progress import ThrottledRichProgressBar
 
     bar = ThrottledRichProgressBar()
-    trainer = pl.Trainer(max_epochs=max_epochs, max_steps=max_steps, callbacks=[bar], logger=False,
-                         enable_checkpointing=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        callbacks=[bar],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     bar.setup(trainer, None, "fit")
     assert bar._get_train_description(1).strip() == expected

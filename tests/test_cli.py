@@ -44,8 +44,9 @@ def test_fit_then_test_from_checkpoint(synthetic_mnist: Path, tmp_path: Path, mo
     # A constant rate: the one-cycle warm-up of a run this short is stretched to a crawl (the warm-up
     # floor), and this test needs weights that learned something.
     constant = ("--model.lr_scheduler=null", "--model.optimizer.init_args.lr=0.05")
-    code, fit_out, err = _ablate(capsys, "fit", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
-                                 *constant, "--test_after_fit=true")
+    code, fit_out, err = _ablate(
+        capsys, "fit", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), *constant, "--test_after_fit=true"
+    )
     assert code == 0, err[-3000:]
     assert "test accuracy:" in fit_out
     run = _run_dir(tmp_path)
@@ -57,8 +58,17 @@ def test_fit_then_test_from_checkpoint(synthetic_mnist: Path, tmp_path: Path, mo
     assert any(row.get("val/acc") for row in rows) and any(row.get("test/err") for row in rows)
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
-    code, test_out, err = _ablate(capsys, "test", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
-                                  *constant, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    code, test_out, err = _ablate(
+        capsys,
+        "test",
+        "--config",
+        QUICKSTART,
+        *QUICK,
+        *_data_args(synthetic_mnist),
+        *constant,
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+    )
     assert code == 0, err[-3000:]
     # One epoch, so the best checkpoint is the last one: the same weights give the same numbers,
     # which a freshly initialised network would not.
@@ -77,8 +87,9 @@ def test_print_config_is_complete_and_rerunnable(synthetic_mnist: Path, tmp_path
     assert config["model"]["lr_scheduler"]["class_path"] == "torch.optim.lr_scheduler.OneCycleLR"
     saved = tmp_path / "printed.yaml"
     saved.write_text(printed)
-    code, _, err = _ablate(capsys, "fit", "--config", str(saved), "--trainer.fast_dev_run=true",
-                           "--trainer.enable_progress_bar=false")
+    code, _, err = _ablate(
+        capsys, "fit", "--config", str(saved), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"
+    )
     assert code == 0, err[-3000:]
 
 
@@ -92,16 +103,21 @@ def test_validate_and_predict(synthetic_mnist: Path, tmp_path: Path, monkeypatch
     weights = tmp_path / "weights.pt"
     torch.save(create_model("inception_mnist", num_classes=10, in_chans=1).state_dict(), weights)
     for command in ("validate", "predict"):
-        code, _, err = _ablate(capsys, command, "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
-                               f"--model.weights={weights}")
+        code, _, err = _ablate(
+            capsys, command, "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), f"--model.weights={weights}"
+        )
         assert code == 0, err[-3000:]
 
 
-def test_network_class_path_with_linked_num_classes(synthetic_mnist: Path, tmp_path: Path, monkeypatch,
-                                                    capsys) -> None:
+def test_network_class_path_with_linked_num_classes(synthetic_mnist: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     code, _, err = _ablate(
-        capsys, "fit", "--config", QUICKSTART, *_data_args(synthetic_mnist), "--trainer.fast_dev_run=true",
+        capsys,
+        "fit",
+        "--config",
+        QUICKSTART,
+        *_data_args(synthetic_mnist),
+        "--trainer.fast_dev_run=true",
         "--trainer.enable_progress_bar=false",
         '--model.network={"class_path": "architectures.lenet.LeNet5", "init_args": {"pooling": "max"}}',
     )
@@ -118,8 +134,9 @@ def test_network_class_path_with_linked_num_classes(synthetic_mnist: Path, tmp_p
     ],
     ids=["wrong-class-path", "unknown-registry-name", "negative-lr", "zero-batch"],
 )
-def test_bad_config_fails_with_a_message(args: list[str], message: str, synthetic_mnist: Path, tmp_path: Path,
-                                         monkeypatch, capsys) -> None:
+def test_bad_config_fails_with_a_message(
+    args: list[str], message: str, synthetic_mnist: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     monkeypatch.chdir(tmp_path)
     code, _, err = _ablate(capsys, "fit", "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), *args)
     assert code != 0
@@ -129,8 +146,15 @@ def test_bad_config_fails_with_a_message(args: list[str], message: str, syntheti
 
 def test_missing_dataset_fails_with_the_expected_layout(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    code, _, err = _ablate(capsys, "fit", "--config", QUICKSTART, *QUICK, f"--data.data_dir={tmp_path / 'absent'}",
-                           "--data.init_args.download=false")
+    code, _, err = _ablate(
+        capsys,
+        "fit",
+        "--config",
+        QUICKSTART,
+        *QUICK,
+        f"--data.data_dir={tmp_path / 'absent'}",
+        "--data.init_args.download=false",
+    )
     assert code == 2  # a run that could not start
     last_line = err.strip().splitlines()[-1]
     assert last_line.startswith("ablate: error: DataNotFoundError: MNIST not found")
@@ -147,9 +171,15 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the first line is written
     try:
-        result = subprocess.run([sys.executable, "-m", "experiments.cli", "zoo", "--no-macs"], cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=write_end,
-                                stderr=subprocess.PIPE, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "experiments.cli", "zoo", "--no-macs"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
     finally:
         os.close(write_end)
     assert result.returncode == 1
@@ -192,8 +222,17 @@ def test_a_finished_run_leaves_nothing_alive_in_the_process(synthetic_mnist: Pat
     from experiments.cli import run_lightning_cli
 
     monkeypatch.chdir(tmp_path)
-    cli = run_lightning_cli(["--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist),
-                             "--trainer.max_steps=2", "--trainer.limit_val_batches=1"], run=False)
+    cli = run_lightning_cli(
+        [
+            "--config",
+            QUICKSTART,
+            *QUICK,
+            *_data_args(synthetic_mnist),
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1",
+        ],
+        run=False,
+    )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     alive = [weakref.ref(thing) for thing in (cli, cli.trainer, cli.model, cli.datamodule, cli.datamodule.train_set)]
     del cli

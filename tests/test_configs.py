@@ -46,8 +46,11 @@ def test_study_arm_builds_the_network_it_names(study: str, arm: str, tmp_path: P
     loaded = load_study(study)
     smoke = tmp_path / "smoke.yaml"
     smoke.write_text(yaml.safe_dump(loaded.tiers["smoke"]))
-    cli = _build(["--config", str(loaded.base), "--config", str(loaded.arms[arm].config), "--config", str(smoke)],
-                 tmp_path, monkeypatch)
+    cli = _build(
+        ["--config", str(loaded.base), "--config", str(loaded.arms[arm].config), "--config", str(smoke)],
+        tmp_path,
+        monkeypatch,
+    )
     assert cli.trainer.max_steps == loaded.tiers["smoke"]["trainer"]["max_steps"]
     assert count_params(cli.model.network) > 0
 

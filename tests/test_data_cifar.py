@@ -97,9 +97,7 @@ def test_png_and_jpeg_tree_loads_in_canonical_order(tmp_path: Path) -> None:
     assert len(test) == 20 and test.labels.tolist() == [label for label in range(10) for _ in range(2)]
     png = torch.arange(20) % 2 == 0  # formats alternate png, jpg within each class
     assert torch.equal(test.images[png], written["test"][png])  # PNG is lossless
-    jpeg_files = sorted(
-        (root / "test").glob("*/*.jpg"), key=lambda p: (CIFAR10_CLASSES.index(p.parent.name), p.name)
-    )
+    jpeg_files = sorted((root / "test").glob("*/*.jpg"), key=lambda p: (CIFAR10_CLASSES.index(p.parent.name), p.name))
     pil = torch.stack([torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1) for path in jpeg_files])
     assert (test.images[~png].float() - pil.float()).abs().mean() < 1.0  # same pixels as PIL, up to rounding
 
@@ -144,9 +142,7 @@ def test_default_split_is_45k_5k() -> None:
 
 
 @pytest.mark.parametrize("preset", BATCH_PRESETS)
-def test_every_preset_gives_float_batches_of_the_right_shape(
-    preset: str, pickles: Path, tmp_path: Path
-) -> None:
+def test_every_preset_gives_float_batches_of_the_right_shape(preset: str, pickles: Path, tmp_path: Path) -> None:
     dm = _ready(_dm(pickles, tmp_path, augment=preset))
     batch = next(iter(dm.train_dataloader()))
     augmented = dm.augment_batch(batch[0])
@@ -224,9 +220,7 @@ def test_zca_whitening_gives_identity_covariance_on_training_data() -> None:
     assert white.mean(0).abs().max() < 1e-4
 
 
-def test_whitening_is_fitted_on_the_training_split_only_and_cached(
-    pickles: Path, tmp_path: Path, monkeypatch
-) -> None:
+def test_whitening_is_fitted_on_the_training_split_only_and_cached(pickles: Path, tmp_path: Path, monkeypatch) -> None:
     fitted: list[torch.Tensor] = []
     real_fit = GCNZCAWhitener.fit
 
@@ -320,9 +314,7 @@ def test_empty_class_folder_is_an_error(tree, tmp_path: Path) -> None:
 def test_train_and_test_with_different_classes_is_an_error(tree, tmp_path: Path) -> None:
     root, _ = tree
     (root / "test" / "ship").rename(root / "test" / "boat")
-    with pytest.raises(
-        DataFormatError, match=r"different classes \(only in .*train: \['ship'\]; only in .*test: "
-    ):
+    with pytest.raises(DataFormatError, match=r"different classes \(only in .*train: \['ship'\]; only in .*test: "):
         _ready(_dm(root, tmp_path, val_size=5))
 
 
@@ -337,18 +329,14 @@ def test_grayscale_image_for_a_3_channel_model_is_an_error(tree, tmp_path: Path)
     root, _ = tree
     gray = root / "train" / "bird" / "0001.png"
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(gray)
-    with pytest.raises(
-        DataFormatError, match=r"bird/0001.png has 1 channel\(s\) \(grayscale\) but CIFAR-10 feeds"
-    ):
+    with pytest.raises(DataFormatError, match=r"bird/0001.png has 1 channel\(s\) \(grayscale\) but CIFAR-10 feeds"):
         _ready(_dm(root, tmp_path, val_size=5))
 
 
 def test_image_of_the_wrong_size_is_an_error(tree, tmp_path: Path) -> None:
     root, _ = tree
     Image.fromarray(np.zeros((40, 48, 3), dtype=np.uint8)).save(root / "test" / "deer" / "0000.png")
-    with pytest.raises(
-        DataFormatError, match=r"deer/0000.png is 48x40 pixels but every CIFAR-10 image must be 32x32"
-    ):
+    with pytest.raises(DataFormatError, match=r"deer/0000.png is 48x40 pixels but every CIFAR-10 image must be 32x32"):
         _ready(_dm(root, tmp_path, val_size=5))
 
 
@@ -379,9 +367,7 @@ def test_real_cifar10_jpeg_loads_50k_10k_in_canonical_order(real_cifar_cache: Pa
     cached_seconds = time.perf_counter() - started
     assert (len(cached.train_set), len(cached.val_set), len(cached.test_set)) == (45_000, 5_000, 10_000)
     assert torch.equal(_official_test(cached).images, test.images)
-    airplane = torch.from_numpy(
-        np.array(Image.open(SHARED_CIFAR / "test" / "airplane" / "0000.jpg"))
-    ).permute(2, 0, 1)
+    airplane = torch.from_numpy(np.array(Image.open(SHARED_CIFAR / "test" / "airplane" / "0000.jpg"))).permute(2, 0, 1)
     assert (_official_test(cached).images[0].float() - airplane.float()).abs().mean() < 1.0  # decoder rounding only
     print(f"\nCIFAR-10 JPEG: decode {decode_seconds:.1f} s, cached setup {cached_seconds:.1f} s")
     assert cached_seconds < decode_seconds
@@ -393,11 +379,7 @@ def test_real_cifar10_gcn_zca_whitens_the_training_split(real_cifar_cache: Path)
     """The 3072x3072 fit on 45k real images (~1 min on 2 cores), then the whitened training split's
     covariance: ``U diag(lambda / (lambda + eps)) U^T``, so 1 along every direction with variance
     well above eps (the top 100 here) and never above 1."""
-    dm = _ready(
-        CIFAR10DataModule(
-            str(SHARED_CIFAR), download=False, whiten="gcn_zca", cache_dir=str(real_cifar_cache)
-        )
-    )
+    dm = _ready(CIFAR10DataModule(str(SHARED_CIFAR), download=False, whiten="gcn_zca", cache_dir=str(real_cifar_cache)))
     second = torch.zeros(3072, 3072, dtype=torch.float64)
     total = torch.zeros(3072, dtype=torch.float64)
     for start in range(0, len(dm.train_set), 5000):

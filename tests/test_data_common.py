@@ -66,8 +66,16 @@ def test_image_size_follows_resize_and_crop_knobs(tmp_path: Path) -> None:
 
 
 SHARED_AUGMENTATION = {"random_erasing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0}
-SHARED_IN_MEMORY = {"data_dir": None, "batch_size": 128, "val_size": 5000, "seed": 0, "download": True,
-                    "num_workers": 0, "train_transforms": None, **SHARED_AUGMENTATION}
+SHARED_IN_MEMORY = {
+    "data_dir": None,
+    "batch_size": 128,
+    "val_size": 5000,
+    "seed": 0,
+    "download": True,
+    "num_workers": 0,
+    "train_transforms": None,
+    **SHARED_AUGMENTATION,
+}
 
 
 @pytest.mark.parametrize(
@@ -233,9 +241,7 @@ class _Recorder(pl.LightningModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, targets = batch
-        self.seen.setdefault(stage, []).append(
-            (images.dtype, tuple(images.shape), targets.dtype, tuple(targets.shape))
-        )
+        self.seen.setdefault(stage, []).append((images.dtype, tuple(images.shape), targets.dtype, tuple(targets.shape)))
         return F.cross_entropy(self.layer(images.flatten(1)), targets)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -286,9 +292,7 @@ def test_training_batches_get_soft_targets_validation_keeps_labels(tmp_path: Pat
 
 def test_val_size_zero_skips_validation(tmp_path: Path) -> None:
     root = write_cifar10_pickles(tmp_path / "data", per_batch=20)
-    dm = CIFAR10DataModule(
-        str(root), batch_size=8, val_size=0, cache_dir=str(tmp_path / "cache"), download=False
-    )
+    dm = CIFAR10DataModule(str(root), batch_size=8, val_size=0, cache_dir=str(tmp_path / "cache"), download=False)
     seen = _fit(dm).seen
     assert "val" not in seen and len(seen["train"]) == 2
     assert len(dm.train_set) == 100 and dm.val_dataloader() == []

@@ -128,9 +128,7 @@ def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_wrong_num_classes_is_an_error(tree: Path) -> None:
-    with pytest.raises(
-        DataFormatError, match="holds 4 class folders but the data module has num_classes=1000"
-    ):
+    with pytest.raises(DataFormatError, match="holds 4 class folders but the data module has num_classes=1000"):
         _ready(_dm(tree, num_classes=1000))
 
 

@@ -23,8 +23,11 @@ PRESETS = REPO / "experiments" / "presets"
 FAST = REPO / "experiments" / "quickstart_fast.yaml"
 # Sizes that do not divide by the world size: DistributedSampler would pad both splits.
 N_TEST, VAL_SIZE = 201, 101
-SMALL = ("--data.init_args.batch_size=32", f"--data.init_args.val_size={VAL_SIZE}",
-         "--model.network.init_args.name=lenet5")
+SMALL = (
+    "--data.init_args.batch_size=32",
+    f"--data.init_args.val_size={VAL_SIZE}",
+    "--model.network.init_args.name=lenet5",
+)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two processes on two shared cores
 
 
@@ -49,9 +52,20 @@ def ddp_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("ddp")
     data = write_synthetic_mnist(root / "data", n_train=400, n_test=N_TEST)
     result = run_ablate(
-        "fit", "--config", str(FAST), "--config", str(PRESETS / "trainer_ddp_cpu.yaml"),
-        "--config", str(PRESETS / "wandb.yaml"), *QUICK, f"--data.data_dir={data}", *SMALL, "--test_after_fit=true",
-        cwd=root, env={**ONE_THREAD, "HOME": str(root)}, timeout=300,
+        "fit",
+        "--config",
+        str(FAST),
+        "--config",
+        str(PRESETS / "trainer_ddp_cpu.yaml"),
+        "--config",
+        str(PRESETS / "wandb.yaml"),
+        *QUICK,
+        f"--data.data_dir={data}",
+        *SMALL,
+        "--test_after_fit=true",
+        cwd=root,
+        env={**ONE_THREAD, "HOME": str(root)},
+        timeout=300,
     )
     return root, data, result
 
@@ -106,8 +120,17 @@ def test_ddp_counts_every_eval_image_once(ddp_run) -> None:
     # A copy outside the run folder: tested there, the checkpoint's own run would take the rows.
     best = Path(shutil.copy2(best, single_cwd / best.name))
     single = run_ablate(
-        "test", "--config", str(FAST), "--config", str(PRESETS / "trainer_cpu.yaml"), *QUICK,
-        f"--data.data_dir={data}", *SMALL, f"--ckpt_path={best}", cwd=single_cwd, timeout=300,
+        "test",
+        "--config",
+        str(FAST),
+        "--config",
+        str(PRESETS / "trainer_cpu.yaml"),
+        *QUICK,
+        f"--data.data_dir={data}",
+        *SMALL,
+        f"--ckpt_path={best}",
+        cwd=single_cwd,
+        timeout=300,
     )
     assert single.returncode == 0, single.stderr[-3000:]
     single_dir = single_cwd / "runs" / "quickstart_fast" / "version_0"
@@ -156,8 +179,18 @@ STEPS, GLOBAL_BATCH = 3, 16
 
 
 def _parity(net: str, devices: int, out: Path, sync: str = "none") -> dict[str, dict[str, torch.Tensor]]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--net", net, "--devices", str(devices),
-           "--out", str(out), "--sync", sync]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--net",
+        net,
+        "--devices",
+        str(devices),
+        "--out",
+        str(out),
+        "--sync",
+        sync,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), **ONE_THREAD}
     for key in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
         env.pop(key, None)
@@ -167,8 +200,11 @@ def _parity(net: str, devices: int, out: Path, sync: str = "none") -> dict[str, 
 
 
 def _assert_same_weights(one: dict, two: dict) -> None:
-    moved = [k for k in one["final"] if one["final"][k].is_floating_point()
-             and not torch.equal(one["final"][k], one["initial"][k])]
+    moved = [
+        k
+        for k in one["final"]
+        if one["final"][k].is_floating_point() and not torch.equal(one["final"][k], one["initial"][k])
+    ]
     assert moved, "the weights must have trained"
     assert one["final"].keys() == two["final"].keys()
     for key, value in one["final"].items():
@@ -287,10 +323,17 @@ def _parity_worker(argv: list[str]) -> None:
     )
     initial = {k: v.double() if v.is_floating_point() else v.clone() for k, v in model.network.state_dict().items()}
     trainer = pl.Trainer(
-        accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
-        plugins=[_gloo_layer_sync()] if args.sync == "gloo" else None, precision="64-true", max_steps=STEPS,
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        plugins=[_gloo_layer_sync()] if args.sync == "gloo" else None,
+        precision="64-true",
+        max_steps=STEPS,
         logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
     )
     trainer.fit(model, datamodule=FixedOrder())
     if trainer.is_global_zero:

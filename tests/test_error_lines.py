@@ -38,11 +38,21 @@ def _config(tmp_path: Path, **trainer: object) -> Path:
     """A LeNet-5 on synthetic MNIST; one training and one validation batch."""
     data = write_synthetic_mnist(tmp_path / "mnist", n_train=300, n_test=50)
     config = {
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "limit_train_batches": 1,
-                    "limit_val_batches": 1, "enable_progress_bar": False, "enable_model_summary": False, **trainer},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 1,
+            "limit_train_batches": 1,
+            "limit_val_batches": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            **trainer,
+        },
         "model": {"network": {"class_path": "architectures.ZooModel", "init_args": {"name": "lenet5"}}},
-        "data": {"class_path": "datamodules.MNISTDataModule",
-                 "init_args": {"data_dir": str(data), "batch_size": 16, "val_size": 50, "download": False}},
+        "data": {
+            "class_path": "datamodules.MNISTDataModule",
+            "init_args": {"data_dir": str(data), "batch_size": 16, "val_size": 50, "download": False},
+        },
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -112,17 +122,21 @@ def test_aliases_a_config_may_use_are_counted_not_refused() -> None:
 # ----- values in range ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("flag", "expect"), [
-    ("--trainer.val_check_interval=0", "trainer.val_check_interval=0 would never validate"),
-    ("--trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5 is out of range"),
-    ("--trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 is out of range"),
-    ("--trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch=0 is out of range"),
-    ("--trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 is out of range"),
-    ("--trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1"),
-    ("--data.num_workers=-1", "data.init_args.num_workers=-1 is out of range"),
-])
-def test_values_out_of_range_are_refused_before_the_run(flag: str, expect: str, tmp_path: Path, monkeypatch,
-                                                         capsys) -> None:
+@pytest.mark.parametrize(
+    ("flag", "expect"),
+    [
+        ("--trainer.val_check_interval=0", "trainer.val_check_interval=0 would never validate"),
+        ("--trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5 is out of range"),
+        ("--trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 is out of range"),
+        ("--trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch=0 is out of range"),
+        ("--trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 is out of range"),
+        ("--trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1"),
+        ("--data.num_workers=-1", "data.init_args.num_workers=-1 is out of range"),
+    ],
+)
+def test_values_out_of_range_are_refused_before_the_run(
+    flag: str, expect: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
     monkeypatch.chdir(tmp_path)
     code, last, err = _fails(["fit", "--config", str(_config(tmp_path)), flag], capsys)
     assert code == 2
@@ -131,13 +145,17 @@ def test_values_out_of_range_are_refused_before_the_run(flag: str, expect: str, 
     assert not (tmp_path / "runs").exists(), "refused before any folder was made"
 
 
-@pytest.mark.parametrize(("given", "expect"), [
-    (["--model.ema_decay=0.9"], "model.ema_decay is now ema.decay"),
-    (["--model.freeze=[features]"], "model.freeze is now fine_tune.freeze"),
-    ("model:\n  head_lr_multiplier: 10\n", "model.head_lr_multiplier is now fine_tune.head_lr_multiplier"),
-])
-def test_a_setting_that_became_a_callbacks_says_where_it_went(given: list[str] | str, expect: str, tmp_path: Path,
-                                                              monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(
+    ("given", "expect"),
+    [
+        (["--model.ema_decay=0.9"], "model.ema_decay is now ema.decay"),
+        (["--model.freeze=[features]"], "model.freeze is now fine_tune.freeze"),
+        ("model:\n  head_lr_multiplier: 10\n", "model.head_lr_multiplier is now fine_tune.head_lr_multiplier"),
+    ],
+)
+def test_a_setting_that_became_a_callbacks_says_where_it_went(
+    given: list[str] | str, expect: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
     monkeypatch.chdir(tmp_path)
     if isinstance(given, str):
         (tmp_path / "old.yaml").write_text(given)
@@ -248,13 +266,16 @@ def test_a_study_yaml_syntax_error_names_the_file_and_line(tmp_path: Path, capsy
         assert "Traceback" not in err
 
 
-@pytest.mark.parametrize(("text", "expect"), [
-    ("- a list\n", "holds a list, not a mapping"),
-    ("", "holds nothing"),
-    ("arms: {a: {}}\n", "needs `name:`"),
-    ("name: x\narms:\n", "needs `arms:`"),
-    ("name: x\narms: {a: {}}\ntiers: smoke\n", "`tiers:` must map"),
-])
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("- a list\n", "holds a list, not a mapping"),
+        ("", "holds nothing"),
+        ("arms: {a: {}}\n", "needs `name:`"),
+        ("name: x\narms:\n", "needs `arms:`"),
+        ("name: x\narms: {a: {}}\ntiers: smoke\n", "`tiers:` must map"),
+    ],
+)
 def test_a_malformed_study_yaml_is_a_study_error(text: str, expect: str, tmp_path: Path) -> None:
     with pytest.raises(StudyError, match=expect.replace("`", ".")):
         load_study(_study(tmp_path, text))
@@ -313,12 +334,20 @@ def test_under_ddp_the_failing_ranks_line_is_the_last(rank: int, tmp_path: Path)
     gradient all-reduce: gloo's "Connection closed by peer" traceback came after the real error."""
     config = _config(tmp_path)
     result = run_ablate(
-        "fit", "--config", str(config), "--config", str(PRESETS / "trainer_ddp_cpu.yaml"),
-        "--trainer.callbacks+=tests.rank_faults.FailOnRank", f"--trainer.callbacks.rank={rank}",
-        cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}, timeout=300,
+        "fit",
+        "--config",
+        str(config),
+        "--config",
+        str(PRESETS / "trainer_ddp_cpu.yaml"),
+        "--trainer.callbacks+=tests.rank_faults.FailOnRank",
+        f"--trainer.callbacks.rank={rank}",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=300,
     )
     assert result.returncode != 0
-    assert _last_line(result.stderr) == f"ablate: error: ValueError: rank fault for the test (rank {rank})", \
+    assert _last_line(result.stderr) == f"ablate: error: ValueError: rank fault for the test (rank {rank})", (
         result.stderr[-3000:]
+    )
     assert "Connection closed by peer" not in result.stderr
     assert "Traceback" not in result.stderr

@@ -25,8 +25,9 @@ def pickles(tmp_path: Path) -> Path:
 
 
 def _ready(root: Path, tmp_path: Path, **kwargs) -> CIFAR10DataModule:
-    dm = CIFAR10DataModule(str(root), val_size=20, batch_size=16, download=False,
-                           cache_dir=str(tmp_path / "cache"), **kwargs)
+    dm = CIFAR10DataModule(
+        str(root), val_size=20, batch_size=16, download=False, cache_dir=str(tmp_path / "cache"), **kwargs
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -41,20 +42,28 @@ def test_pixel_mean_is_the_training_parts_mean_image_and_is_subtracted(pickles: 
     images, _ = dm.transform_batch(batch, train=False)
     torch.testing.assert_close(images, batch[0].float() / 255 - expected)
     # Cached: another module on the same data and split reads it back instead of recomputing.
-    again = CIFAR10DataModule(str(pickles), val_size=20, batch_size=16, download=False,
-                              cache_dir=str(tmp_path / "cache"), normalization="pixel_mean")
+    again = CIFAR10DataModule(
+        str(pickles),
+        val_size=20,
+        batch_size=16,
+        download=False,
+        cache_dir=str(tmp_path / "cache"),
+        normalization="pixel_mean",
+    )
     again.prepare_data()
     built = []
     again.cache.get_or_build = lambda prefix, key, build, real=again.cache.get_or_build: real(
-        prefix, key, lambda: built.append(prefix) or build())
+        prefix, key, lambda: built.append(prefix) or build()
+    )
     again.setup("fit")
     assert not [prefix for prefix in built if "pixel-mean" in prefix]
     torch.testing.assert_close(again.pixel_mean, expected)
 
 
 @pytest.mark.parametrize("normalization", ["channel", "pixel_mean"])
-def test_the_random_crop_pads_the_normalised_image_with_zeros(normalization: str, pickles: Path,
-                                                              tmp_path: Path) -> None:
+def test_the_random_crop_pads_the_normalised_image_with_zeros(
+    normalization: str, pickles: Path, tmp_path: Path
+) -> None:
     """A crop shifted by the full padding shows a band of exactly zero: the mean, not black."""
     dm = _ready(pickles, tmp_path, normalization=normalization, augment="standard", max_shift=4)
     images = torch.full((256, 3, 32, 32), 255, dtype=torch.uint8)  # white: black padding would show
@@ -66,14 +75,23 @@ def test_the_random_crop_pads_the_normalised_image_with_zeros(normalization: str
     assert is_pad.any(dim=(1, 2)).float().mean() > 0.5, "most crops are shifted into the padding"
 
 
-def test_the_pixel_mean_travels_in_the_checkpoint_and_evaluation_uses_it(pickles: Path, tmp_path: Path,
-                                                                         monkeypatch) -> None:
+def test_the_pixel_mean_travels_in_the_checkpoint_and_evaluation_uses_it(
+    pickles: Path, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # the default loggers write to ./runs
-    args = ["--model.network=architectures.ZooModel", "--model.network.init_args.name=resnet20",
-            "--data=datamodules.CIFAR10DataModule", f"--data.data_dir={pickles}", "--data.val_size=20",
-            "--data.batch_size=16", "--data.normalization=pixel_mean", "--trainer.max_steps=2",
-            "--trainer.limit_val_batches=1", *QUICK]
+    args = [
+        "--model.network=architectures.ZooModel",
+        "--model.network.init_args.name=resnet20",
+        "--data=datamodules.CIFAR10DataModule",
+        f"--data.data_dir={pickles}",
+        "--data.val_size=20",
+        "--data.batch_size=16",
+        "--data.normalization=pixel_mean",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        *QUICK,
+    ]
     assert main(["fit", *args]) == 0
     (last,) = (tmp_path / "runs").rglob("last.ckpt")
     saved = load_checkpoint(last)["CIFAR10DataModule"]["pixel_mean"]

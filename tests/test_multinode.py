@@ -37,18 +37,43 @@ def test_two_nodes_with_torchrun_on_localhost(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK"):
         env.pop(key, None)
-    fit = ["-m", "experiments.cli", "fit", "--config", str(REPO / "experiments" / "quickstart_fast.yaml"),
-           "--config", str(REPO / "experiments" / "presets" / "trainer_multinode.yaml"), *QUICK,
-           "--trainer.num_nodes=2", "--trainer.devices=1",
-           "--trainer.strategy.init_args.process_group_backend=gloo",  # no NCCL without GPUs
-           "--trainer.callbacks+=tests.test_multinode.RankRecorder",
-           f"--data.data_dir={data}", "--data.init_args.val_size=50", "--data.init_args.batch_size=25",
-           "--model.network.init_args.name=lenet5"]
+    fit = [
+        "-m",
+        "experiments.cli",
+        "fit",
+        "--config",
+        str(REPO / "experiments" / "quickstart_fast.yaml"),
+        "--config",
+        str(REPO / "experiments" / "presets" / "trainer_multinode.yaml"),
+        *QUICK,
+        "--trainer.num_nodes=2",
+        "--trainer.devices=1",
+        "--trainer.strategy.init_args.process_group_backend=gloo",  # no NCCL without GPUs
+        "--trainer.callbacks+=tests.test_multinode.RankRecorder",
+        f"--data.data_dir={data}",
+        "--data.init_args.val_size=50",
+        "--data.init_args.batch_size=25",
+        "--model.network.init_args.name=lenet5",
+    ]
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-             f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}", "--max-restarts=0", *fit],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={node}",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                "--max-restarts=0",
+                *fit,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for node in (0, 1)
     ]

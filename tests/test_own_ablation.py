@@ -64,9 +64,17 @@ def test_a_module_in_the_working_directory_loads_by_class_path(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", str(tmp_path))])
     (tmp_path / "my_builder_net.py").write_text(BUILDER)
-    argv = ["fit", "--model.network=my_builder_net.Tiny", "--model.network.width=4",
-            "--data=datamodules.MNISTDataModule", f"--data.data_dir={synthetic_mnist}", "--data.val_size=100",
-            "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    argv = [
+        "fit",
+        "--model.network=my_builder_net.Tiny",
+        "--model.network.width=4",
+        "--data=datamodules.MNISTDataModule",
+        f"--data.data_dir={synthetic_mnist}",
+        "--data.val_size=100",
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+    ]
     assert main(argv) == 0
     assert sys.path[0] == os.getcwd()
     assert list(tmp_path.glob("runs/**/checkpoints/last.ckpt"))
@@ -79,8 +87,10 @@ def test_a_builder_function_as_class_path_gets_the_data_linked_in(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my_builder_fn.py").write_text(BUILDER)
     monkeypatch.syspath_prepend(str(tmp_path))
-    cli = run_lightning_cli([f"--model.network={builder}", "--data=datamodules.MNISTDataModule",
-                             f"--data.data_dir={synthetic_mnist}"], run=False)
+    cli = run_lightning_cli(
+        [f"--model.network={builder}", "--data=datamodules.MNISTDataModule", f"--data.data_dir={synthetic_mnist}"],
+        run=False,
+    )
     network = cli.model.network
     assert (network.num_classes, network.in_chans) == (10, 1)  # MNIST's, where the builders default to 3 channels
 
@@ -89,9 +99,15 @@ def test_a_registered_builders_other_arguments_are_dict_kwargs(
     tmp_path: Path, synthetic_mnist: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    cli = run_lightning_cli(["--model.network=architectures.resnet.resnet20",
-                             "--model.network.dict_kwargs.downsample=B", "--data=datamodules.MNISTDataModule",
-                             f"--data.data_dir={synthetic_mnist}"], run=False)
+    cli = run_lightning_cli(
+        [
+            "--model.network=architectures.resnet.resnet20",
+            "--model.network.dict_kwargs.downsample=B",
+            "--data=datamodules.MNISTDataModule",
+            f"--data.data_dir={synthetic_mnist}",
+        ],
+        run=False,
+    )
     assert isinstance(cli.model.network.layer2[0].downsample[0], torch.nn.Conv2d)  # option B: a projection
 
 

@@ -71,8 +71,14 @@ def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The demo's config (ZooModel inception_mnist) on MNIST in ``../shared/data`` of its work folder."""
     root = tmp_path_factory.mktemp("mnist")
     data = write_mnist_idx(root / "shared" / "data", num_train=300, num_test=20)
-    run = _fit(root / "work", "--config", str(REPO / "experiments" / "quickstart_fast.yaml"),
-               "--data.data_dir=../shared/data", "--data.init_args.download=false", "--data.init_args.val_size=50")
+    run = _fit(
+        root / "work",
+        "--config",
+        str(REPO / "experiments" / "quickstart_fast.yaml"),
+        "--data.data_dir=../shared/data",
+        "--data.init_args.download=false",
+        "--data.init_args.val_size=50",
+    )
     datamodule = MNISTDataModule(data_dir=str(data), download=False)
     images = datamodule.load_split(train=False).images[:10]
     network = architectures.ZooModel("inception_mnist", num_classes=10, in_chans=1)
@@ -86,9 +92,15 @@ def cifar_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("cifar")
     data = write_cifar10_pickles(root / "data", per_batch=20, num_test=12)
     settings = {"val_size": 20, "normalization": "pixel_mean"}
-    run = _fit(root / "work", "--model.network=architectures.all_cnn.AllCNN", "--data=datamodules.CIFAR10DataModule",
-               f"--data.data_dir={data}", "--data.download=false", "--data.batch_size=16",
-               *(f"--data.{key}={value}" for key, value in settings.items()))
+    run = _fit(
+        root / "work",
+        "--model.network=architectures.all_cnn.AllCNN",
+        "--data=datamodules.CIFAR10DataModule",
+        f"--data.data_dir={data}",
+        "--data.download=false",
+        "--data.batch_size=16",
+        *(f"--data.{key}={value}" for key, value in settings.items()),
+    )
     cache = str(root / "work" / "cache")
     datamodule = CIFAR10DataModule(data_dir=str(data), download=False, cache_dir=cache, **settings)
     datamodule.setup()
@@ -105,9 +117,16 @@ def user_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data = write_mnist_idx(root / "data", num_train=300, num_test=20)
     (root / "work").mkdir()
     (root / "work" / "my_nets.py").write_text(USER_NETWORK)
-    run = _fit(root / "work", "--model.network=my_nets.TinyNet", "--model.network.init_args.width=6",
-               "--data=datamodules.MNISTDataModule", f"--data.data_dir={data}", "--data.download=false",
-               "--data.val_size=50", "--data.batch_size=32")
+    run = _fit(
+        root / "work",
+        "--model.network=my_nets.TinyNet",
+        "--model.network.init_args.width=6",
+        "--data=datamodules.MNISTDataModule",
+        f"--data.data_dir={data}",
+        "--data.download=false",
+        "--data.val_size=50",
+        "--data.batch_size=32",
+    )
     return {"checkpoint": run / "checkpoints" / "last.ckpt", "modules": root / "work"}
 
 

@@ -15,9 +15,21 @@ from tests.support import REPO
 QUICKSTART = str(REPO / "experiments" / "quickstart_fast.yaml")
 TRAINING_STARTS = "<<training starts>>"
 # What Lightning and torch print unasked, and what the template itself caused.
-NOISE = ("Seed set to", "GPU available", "TPU available", "Tip:", "litlogger", "Loading `train_dataloader`",
-         "Trainer already configured", "LeafSpec", "FLOPs", "MulticlassAccuracy", "v_num", "Epoch 0/",
-         "multiple `ModelCheckpoint`")
+NOISE = (
+    "Seed set to",
+    "GPU available",
+    "TPU available",
+    "Tip:",
+    "litlogger",
+    "Loading `train_dataloader`",
+    "Trainer already configured",
+    "LeafSpec",
+    "FLOPs",
+    "MulticlassAccuracy",
+    "v_num",
+    "Epoch 0/",
+    "multiple `ModelCheckpoint`",
+)
 
 
 class UserCallback(pl.Callback):
@@ -29,13 +41,28 @@ class UserCallback(pl.Callback):
 
 
 def _fit(data_dir: Path, *extra: str) -> None:
-    assert main([
-        "fit", "--config", QUICKSTART, f"--data.data_dir={data_dir}", "--data.init_args.val_size=100",
-        "--data.init_args.batch_size=50", "--data.init_args.num_workers=0", "--trainer.accelerator=cpu",
-        # Steps bound the run (5 steps over two 3-batch epochs, of max_epochs 2): the bar counts steps.
-        "--trainer.max_steps=5", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
-        "--trainer.limit_test_batches=1", "--trainer.callbacks+=tests.test_quiet.UserCallback", *extra,
-    ]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                QUICKSTART,
+                f"--data.data_dir={data_dir}",
+                "--data.init_args.val_size=100",
+                "--data.init_args.batch_size=50",
+                "--data.init_args.num_workers=0",
+                "--trainer.accelerator=cpu",
+                # Steps bound the run (5 steps over two 3-batch epochs, of max_epochs 2): the bar counts steps.
+                "--trainer.max_steps=5",
+                "--trainer.limit_train_batches=3",
+                "--trainer.limit_val_batches=1",
+                "--trainer.limit_test_batches=1",
+                "--trainer.callbacks+=tests.test_quiet.UserCallback",
+                *extra,
+            ]
+        )
+        == 0
+    )
 
 
 def _printed(capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> str:
@@ -44,8 +71,9 @@ def _printed(capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> 
     return out + err + caplog.text
 
 
-def test_a_run_prints_its_folder_and_network_and_the_users_warnings(synthetic_mnist: Path, tmp_path: Path,
-                                                                    monkeypatch, capfd, caplog, recwarn) -> None:
+def test_a_run_prints_its_folder_and_network_and_the_users_warnings(
+    synthetic_mnist: Path, tmp_path: Path, monkeypatch, capfd, caplog, recwarn
+) -> None:
     from architectures import count_params, create_model
     from experiments.analysis.zoo import multiply_adds
 
@@ -60,8 +88,10 @@ def test_a_run_prints_its_folder_and_network_and_the_users_warnings(synthetic_mn
     assert run == f"run: {Path('runs', 'quickstart_fast', 'version_0')} (MNIST, 10 classes)"
     network = next(line for line in lines if line.startswith("network: "))
     params, macs = count_params(create_model("inception_mnist")), multiply_adds("inception_mnist")
-    assert network == (f"network: InceptionMNIST, {get_human_readable_count(params)} parameters (all trainable), "
-                       f"{get_human_readable_count(macs)} multiply-adds per 1x28x28 image")
+    assert network == (
+        f"network: InceptionMNIST, {get_human_readable_count(params)} parameters (all trainable), "
+        f"{get_human_readable_count(macs)} multiply-adds per 1x28x28 image"
+    )
     assert "step" in during and "5/5" in during, "steps bound the run: the bar counts steps"
     for noise in NOISE:
         assert noise not in printed, noise
@@ -71,8 +101,9 @@ def test_a_run_prints_its_folder_and_network_and_the_users_warnings(synthetic_mn
     assert not [message for message in shown if "LeafSpec" in message or "multiple `ModelCheckpoint`" in message]
 
 
-def test_verbose_prints_everything_lightning_prints(synthetic_mnist: Path, tmp_path: Path, monkeypatch,
-                                                    capfd, caplog) -> None:
+def test_verbose_prints_everything_lightning_prints(
+    synthetic_mnist: Path, tmp_path: Path, monkeypatch, capfd, caplog
+) -> None:
     monkeypatch.chdir(tmp_path)
     _fit(synthetic_mnist, "--verbose")
     printed = _printed(capfd, caplog)
@@ -88,8 +119,21 @@ def test_quiet_ends_with_the_run(synthetic_mnist: Path, tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     levels = {name: logging.getLogger(name).level for name in ("pytorch_lightning", "lightning_fabric")}
     filters = list(warnings.filters)
-    assert main(["fit", "--config", QUICKSTART, f"--data.data_dir={synthetic_mnist}", "--data.init_args.val_size=100",
-                 "--trainer.accelerator=cpu", "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
-                 "--trainer.enable_progress_bar=false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                QUICKSTART,
+                f"--data.data_dir={synthetic_mnist}",
+                "--data.init_args.val_size=100",
+                "--trainer.accelerator=cpu",
+                "--trainer.max_steps=1",
+                "--trainer.limit_val_batches=0",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+        == 0
+    )
     assert {name: logging.getLogger(name).level for name in levels} == levels
     assert warnings.filters == filters

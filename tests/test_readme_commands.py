@@ -28,8 +28,7 @@ FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 def readme_blocks() -> list[tuple[int, str, str]]:
     """(line number, language, body) of every fenced block of the README."""
     text = README.read_text(encoding="utf-8")
-    return [(text.count("\n", 0, match.start()) + 1, match.group(1), match.group(2))
-            for match in FENCE.finditer(text)]
+    return [(text.count("\n", 0, match.start()) + 1, match.group(1), match.group(2)) for match in FENCE.finditer(text)]
 
 
 BLOCKS = [(line, body) for line, language, body in readme_blocks() if language in ("bash", "sh", "shell")]
@@ -58,13 +57,24 @@ def test_quick_readme_block_runs_as_written(line: int, body: str, scratch_root: 
     if "../shared" in body and not (scratch_root.parent / "shared").exists():
         pytest.skip(f"README.md:{line} reads ../shared/data, which this checkout lacks")
     env = {key: value for key, value in os.environ.items() if key != "ABLATE_DATA_DIR"}  # as a newcomer has it
-    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-            "ABLATE_CACHE_DIR": str(scratch_root.parent / "cache"), "WANDB_MODE": "offline", "NO_COLOR": "1"}
+    env |= {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "ABLATE_CACHE_DIR": str(scratch_root.parent / "cache"),
+        "WANDB_MODE": "offline",
+        "NO_COLOR": "1",
+    }
     print(f"README.md:{line} runs:\n{body}")
-    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", body], cwd=scratch_root, env=env,
-                          capture_output=True, text=True, timeout=850)  # under pytest's 900 s: its own message
+    done = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", body],
+        cwd=scratch_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=850,
+    )  # under pytest's 900 s: its own message
     assert done.returncode == 0, (
-        f"README.md:{line} failed (exit {done.returncode}):\n{body}\n--- stderr (end) ---\n{done.stderr[-3000:]}")
+        f"README.md:{line} failed (exit {done.returncode}):\n{body}\n--- stderr (end) ---\n{done.stderr[-3000:]}"
+    )
 
 
 def test_the_rule_finds_quick_blocks() -> None:

@@ -92,8 +92,9 @@ def test_he_et_al_warmup_lr_at_step_k() -> None:
     preset = yaml.safe_load((PRESETS / "recipes_he2016_warmup.yaml").read_text())["model"]
     factory = schedule_from_yaml(yaml.safe_dump(preset["lr_scheduler"]))
     optimizer = functools.partial(torch.optim.SGD, **preset["optimizer"]["init_args"])
-    model = ImageClassifier(create_model("resnet110", num_classes=10, in_chans=3), optimizer=optimizer,
-                            lr_scheduler=factory)
+    model = ImageClassifier(
+        create_model("resnet110", num_classes=10, in_chans=3), optimizer=optimizer, lr_scheduler=factory
+    )
     optimizer, scheduler, interval = configured(model, FakeTrainer(total_steps=64000))
     assert interval == "step", "the schedule declares it is stepped every iteration"
     rates = lrs_over(optimizer, scheduler, 402)
@@ -113,7 +114,7 @@ def test_linear_warmup_matches_torch_linear_lr() -> None:
 
 
 def test_fraction_milestones_follow_the_training_length() -> None:
-    """"The same milestones as fractions": a short tier drops at the same relative points."""
+    """ "The same milestones as fractions": a short tier drops at the same relative points."""
     factory = schedule_from_yaml(
         "class_path: lightning_modules.schedules.WarmupMultiStep\ninit_args: {milestones: [0.5, 0.75], unit: fraction}"
     )
@@ -124,8 +125,9 @@ def test_fraction_milestones_follow_the_training_length() -> None:
 
 
 def test_epoch_milestones_use_the_optimiser_steps_per_epoch() -> None:
-    factory = functools.partial(WarmupMultiStep, milestones=[2], unit="epoch", warmup=0.5, warmup_unit="epoch",
-                                min_warmup_steps=0)  # the exact conversion (the floor: test_warmup_floor.py)
+    factory = functools.partial(
+        WarmupMultiStep, milestones=[2], unit="epoch", warmup=0.5, warmup_unit="epoch", min_warmup_steps=0
+    )  # the exact conversion (the floor: test_warmup_floor.py)
     model = ImageClassifier(TinyNet(), optimizer=sgd(0.1), lr_scheduler=factory)
     # 10 batches per epoch, 2 accumulated per optimiser step: 5 steps per epoch.
     scheduler = configured(model, FakeTrainer(total_steps=15, batches_per_epoch=10, accumulate=2))[1]
@@ -150,8 +152,9 @@ def test_cosine_with_warmup_endpoints() -> None:
 def test_study_schedule_is_the_fraction_form() -> None:
     """experiments/studies give WarmupMultiStep everything as fractions of the run."""
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    schedule = WarmupMultiStep(optimizer, milestones=[0.5, 0.75], warmup=0.00625, warmup_unit="fraction",
-                               min_warmup_steps=0, total_steps=64000)
+    schedule = WarmupMultiStep(
+        optimizer, milestones=[0.5, 0.75], warmup=0.00625, warmup_unit="fraction", min_warmup_steps=0, total_steps=64000
+    )
     assert schedule.warmup_steps == 400 and schedule.milestone_steps == [32000, 48000]
 
 
@@ -159,8 +162,9 @@ def test_scheduler_interval_defaults_and_conflicts() -> None:
     multistep = schedule_from_yaml("class_path: torch.optim.lr_scheduler.MultiStepLR\ninit_args: {milestones: [3]}")
     model = ImageClassifier(TinyNet(), optimizer=sgd(0.1), lr_scheduler=multistep)
     assert configured(model)[2] == "epoch", "torch's schedules keep stepping per epoch by default"
-    model = ImageClassifier(TinyNet(), lr_scheduler=functools.partial(WarmupMultiStep, milestones=[0.5]),
-                            scheduler_interval="epoch")
+    model = ImageClassifier(
+        TinyNet(), lr_scheduler=functools.partial(WarmupMultiStep, milestones=[0.5]), scheduler_interval="epoch"
+    )
     with pytest.raises(ValueError, match="WarmupMultiStep is stepped every step"):
         configured(model, FakeTrainer(total_steps=10))
 
@@ -194,8 +198,9 @@ def test_mixup_cutmix_soft_targets_train_end_to_end(synthetic_mnist: Path) -> No
     trains on the soft targets and scores against their argmax."""
     from datamodules import MNISTDataModule
 
-    data = MNISTDataModule(data_dir=str(synthetic_mnist), batch_size=50, val_size=100, mixup_alpha=0.4,
-                           cutmix_alpha=1.0)
+    data = MNISTDataModule(
+        data_dir=str(synthetic_mnist), batch_size=50, val_size=100, mixup_alpha=0.4, cutmix_alpha=1.0
+    )
     record = RecordTargets()
     model = ImageClassifier(create_model("lenet5"), optimizer=sgd(0.05), label_smoothing=0.1)
     quick_trainer(max_steps=4, callbacks=[record], limit_val_batches=1).fit(model, datamodule=data)
@@ -268,8 +273,9 @@ def test_ema_weights_differ_from_raw_and_are_evaluated_when_asked(tmp_path: Path
     assert model.ema_network.n_averaged.item() == 4
     assert model.evaluated_network() is model.ema_network.module
 
-    metrics = trainer.validate(model, dataloaders=DataLoader(TensorDataset(data.images[:32], data.labels[:32]),
-                                                             batch_size=16), verbose=False)[0]
+    metrics = trainer.validate(
+        model, dataloaders=DataLoader(TensorDataset(data.images[:32], data.labels[:32]), batch_size=16), verbose=False
+    )[0]
     ema_copy, raw_copy = TinyNet(), TinyNet()
     ema_copy.load_state_dict(ema_state)
     raw_copy.load_state_dict(model.network.state_dict())
@@ -304,9 +310,17 @@ def test_bf16_mixed_autocasts_on_cpu() -> None:
 
 
 CHANNELS_LAST_MODELS = [
-    ("lenet5", 1, 32), ("inception_mnist", 1, 28), ("alexnet_cifar", 3, 32), ("all_cnn_c", 3, 32),
-    ("nin_cifar", 3, 32), ("resnet20", 3, 32), ("densenet40_k12", 3, 32),
-    ("googlenet_cifar", 3, 32), ("shufflenet_v2_x1_0", 3, 64), ("mobilenet_v2", 3, 64), ("xception", 3, 71),
+    ("lenet5", 1, 32),
+    ("inception_mnist", 1, 28),
+    ("alexnet_cifar", 3, 32),
+    ("all_cnn_c", 3, 32),
+    ("nin_cifar", 3, 32),
+    ("resnet20", 3, 32),
+    ("densenet40_k12", 3, 32),
+    ("googlenet_cifar", 3, 32),
+    ("shufflenet_v2_x1_0", 3, 64),
+    ("mobilenet_v2", 3, 64),
+    ("xception", 3, 71),
 ]
 
 
@@ -408,9 +422,7 @@ def test_tta_flip_averages_mirror_logits_at_test_and_predict_only() -> None:
         assert network.calls == 4, "validation (model selection) is not augmented"
         model.test_step((images, labels), 0)
         assert network.calls == 6
-    torch.testing.assert_close(
-        model.test_metrics["acc"].compute(), (expected.argmax(1) == labels).float().mean()
-    )
+    torch.testing.assert_close(model.test_metrics["acc"].compute(), (expected.argmax(1) == labels).float().mean())
 
 
 def test_confusion_matrix_and_per_class_accuracy_reach_every_logger(tmp_path: Path) -> None:
@@ -422,8 +434,9 @@ def test_confusion_matrix_and_per_class_accuracy_reach_every_logger(tmp_path: Pa
     csv_logger = CSVLogger(tmp_path, name="run")
     tensorboard = TensorBoardLogger(tmp_path, name="run", sub_dir="tensorboard", version=csv_logger.version)
     model = ImageClassifier(TinyNet())
-    trainer = pl.Trainer(accelerator="cpu", logger=[csv_logger, tensorboard], enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=[csv_logger, tensorboard], enable_progress_bar=False, enable_model_summary=False
+    )
     metrics = trainer.test(model, datamodule=data, verbose=False)[0]
 
     with torch.no_grad():
@@ -471,12 +484,12 @@ def test_prediction_writer_csv(tmp_path: Path) -> None:
     data = TinyData(count=40)
     model = ImageClassifier(TinyNet())
     path = tmp_path / "out" / "predictions.csv"
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                         callbacks=[CSVPredictionWriter(str(path))])
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[CSVPredictionWriter(str(path))]
+    )
     outputs = trainer.predict(model, datamodule=data)
     rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == ["index", "file", "class_index", "class", "probability", "true_class_index",
-                            "true_class"]
+    assert list(rows[0]) == ["index", "file", "class_index", "class", "probability", "true_class_index", "true_class"]
     assert [int(row["index"]) for row in rows] == list(range(40))
     predicted = torch.cat([out["prediction"] for out in outputs])
     confidence = torch.cat([out["probability"] for out in outputs])
@@ -511,7 +524,11 @@ def test_recipe_knobs_from_the_command_line(synthetic_mnist: Path, tmp_path: Pat
     assert model["optimizer"]["class_path"] == "torch.optim.AdamW" and model["weight_decay_norm_bias"] is False
     assert model["lr_scheduler"]["class_path"] == "lightning_modules.schedules.WarmupCosine"
     assert (saved["ema"]["decay"], model["channels_last"], model["tta_flip"], model["label_smoothing"]) == (
-        0.9, True, True, 0.1)
+        0.9,
+        True,
+        True,
+        0.1,
+    )
     assert saved["trainer"]["precision"] == "bf16-mixed" and saved["trainer"]["gradient_clip_val"] == 1.0
     assert saved["data"]["init_args"]["mixup_alpha"] == 0.2
     header = (run / "metrics.csv").open().readline().strip().split(",")

@@ -66,8 +66,9 @@ def killed_at_epoch_end(data_dir: Path, tmp_path_factory) -> tuple[Path, int]:
 
 
 @pytest.mark.end_to_end
-def test_resume_after_sigkill_at_an_epoch_boundary_is_exact(killed_at_epoch_end, reference: Path, data_dir: Path,
-                                                            tmp_path: Path) -> None:
+def test_resume_after_sigkill_at_an_epoch_boundary_is_exact(
+    killed_at_epoch_end, reference: Path, data_dir: Path, tmp_path: Path
+) -> None:
     shutil.copytree(killed_at_epoch_end[0], tmp_path, dirs_exist_ok=True)
     killed_at = killed_at_epoch_end[1]
     code, stderr = finish(start(tmp_path, tiny_config(data_dir), "--ckpt_path", "last"))
@@ -86,8 +87,9 @@ def test_resume_after_sigkill_at_an_epoch_boundary_is_exact(killed_at_epoch_end,
 
 
 @pytest.mark.end_to_end
-def test_best_validation_accuracy_counts_the_epochs_before_a_resume(killed_at_epoch_end, data_dir: Path,
-                                                                   tmp_path: Path) -> None:
+def test_best_validation_accuracy_counts_the_epochs_before_a_resume(
+    killed_at_epoch_end, data_dir: Path, tmp_path: Path
+) -> None:
     """Resumed against a copy of the data whose validation labels are all wrong, val/acc drops to
     about 0, but val/acc_best is the run's maximum: the accuracy epoch 0 reached before the kill."""
     shutil.copytree(killed_at_epoch_end[0], tmp_path, dirs_exist_ok=True)
@@ -149,8 +151,9 @@ def test_sigterm_saves_last_checkpoint_mid_epoch_and_exits_143(sigterm_run: dict
 
 
 @pytest.mark.end_to_end
-def test_resume_mid_epoch_continues_the_steps_and_the_epoch(sigterm_run: dict, sigterm_resumed: Path,
-                                                            reference: Path) -> None:
+def test_resume_mid_epoch_continues_the_steps_and_the_epoch(
+    sigterm_run: dict, sigterm_resumed: Path, reference: Path
+) -> None:
     """What holds after a mid-epoch resume: the run continues at the step it stopped, finishes the
     interrupted epoch with the number of batches it had left and ends after exactly as many
     optimiser steps and validations as the uninterrupted run. The batches differ: next test."""
@@ -169,7 +172,7 @@ def test_resume_mid_epoch_continues_the_steps_and_the_epoch(sigterm_run: dict, s
 def test_resume_mid_epoch_trains_on_the_uninterrupted_batches(sigterm_resumed: Path, reference: Path) -> None:
     (expected,) = batch_log(reference)
     _, resumed = batch_log(sigterm_resumed)
-    assert resumed == expected[resumed[0][0]:]
+    assert resumed == expected[resumed[0][0] :]
     assert_same_weights(last_checkpoint(sigterm_resumed), last_checkpoint(reference))
 
 
@@ -187,8 +190,14 @@ def test_sigusr1_saves_last_checkpoint_and_exits_138(data_dir: Path, tmp_path: P
 
 @pytest.mark.parametrize("auto_requeue", [True, False])
 def test_sigusr1_is_left_to_lightning_under_slurm_auto_requeue(auto_requeue: bool) -> None:
-    trainer = Trainer(accelerator="cpu", devices=1, plugins=[SLURMEnvironment(auto_requeue=auto_requeue)],
-                      logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        plugins=[SLURMEnvironment(auto_requeue=auto_requeue)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
     callback = CheckpointOnSignal()
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1)}
     callback.setup(trainer, None, "fit")
@@ -220,10 +229,22 @@ def test_ckpt_path_last_finds_the_newest_version_with_a_last_checkpoint(tmp_path
     sweep_style = tmp_path / "sweep" / "checkpoints"  # ablate sweep: name "" and version "" (the run folder)
     sweep_style.mkdir(parents=True)
     (sweep_style / "last.ckpt").write_bytes(b"x")
-    assert find_last_checkpoint({"logger": [{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {
-        "save_dir": str(tmp_path / "sweep"), "name": "", "version": ""}}]}) == (sweep_style / "last.ckpt", None)
-    explicit = {"callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                               "init_args": {"dirpath": str(sweep_style)}}], **trainer()}
+    assert find_last_checkpoint(
+        {
+            "logger": [
+                {
+                    "class_path": "pytorch_lightning.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(tmp_path / "sweep"), "name": "", "version": ""},
+                }
+            ]
+        }
+    ) == (sweep_style / "last.ckpt", None)
+    explicit = {
+        "callbacks": [
+            {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(sweep_style)}}
+        ],
+        **trainer(),
+    }
     assert find_last_checkpoint(explicit) == (sweep_style / "last.ckpt", None)
 
 

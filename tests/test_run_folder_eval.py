@@ -24,10 +24,19 @@ FALSE_WARNING = "Previous log files in this directory will be deleted"
 
 
 def _args(*extra: str) -> list[str]:
-    return ["--config", str(REPO / "experiments" / "quickstart.yaml"), f"--data.data_dir={SHARED_DATA}",
-            "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-            "--trainer.limit_test_batches=1", "--trainer.limit_predict_batches=1",
-            "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", *extra]
+    return [
+        "--config",
+        str(REPO / "experiments" / "quickstart.yaml"),
+        f"--data.data_dir={SHARED_DATA}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        "--trainer.limit_predict_batches=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.accelerator=cpu",
+        *extra,
+    ]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -86,7 +95,7 @@ def test_test_of_a_checkpoint_writes_into_its_run(run: Path, capfd: pytest.Captu
     assert f"run: {run}" in printed
     rows = _rows(run / "metrics.csv")
     assert [{key: row.get(key, "") for key in before[0]} for row in rows[: len(before)]] == before
-    assert any(row.get("test/acc") for row in rows[len(before):]), "test rows appended after the fit's"
+    assert any(row.get("test/acc") for row in rows[len(before) :]), "test rows appended after the fit's"
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == events + 1
     assert (run / "per_class_accuracy.csv").is_file() and (run / "confusion_matrix.csv").is_file()
     recorded = json.loads((run / "test_results.json").read_text())
@@ -106,8 +115,11 @@ def test_validate_adds_rows_to_its_run(run: Path, capfd: pytest.CaptureFixture[s
 
 
 def test_predict_writes_true_labels_into_its_run(run: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    printed = _run(capfd, "predict", *_args(f"--ckpt_path={LAST}", "--config",
-                                            str(REPO / "experiments" / "presets" / "predict_csv.yaml")))
+    printed = _run(
+        capfd,
+        "predict",
+        *_args(f"--ckpt_path={LAST}", "--config", str(REPO / "experiments" / "presets" / "predict_csv.yaml")),
+    )
 
     assert _versions() == ["version_0"]
     assert FALSE_WARNING not in printed
@@ -150,7 +162,10 @@ def test_metrics_writer_keeps_rows_and_widens_the_header(tmp_path: Path) -> None
     writer.save()
     rows = _rows(tmp_path / "metrics.csv")
     assert [(row["step"], row["train/loss"], row["test/acc"]) for row in rows] == [
-        ("0", "2.5", ""), ("5", "2.0", ""), ("5", "", "0.5")]
+        ("0", "2.5", ""),
+        ("5", "2.0", ""),
+        ("5", "", "0.5"),
+    ]
 
     MetricsHistoryWriter(str(tmp_path), resume_step=5)  # a run resumed at step 5 logs steps 5.. again
     assert [row["step"] for row in _rows(tmp_path / "metrics.csv")] == ["0"]

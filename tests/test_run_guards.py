@@ -33,14 +33,27 @@ def tiny_config(data_dir: Path, **trainer: object) -> dict:
     """One epoch of three batches that logs to runs/tiny/version_N (the defaults' callbacks)."""
     return {
         "seed_everything": 0,
-        "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-                    "enable_model_summary": False, "limit_val_batches": 1, "log_every_n_steps": 1,
-                    "logger": [{"class_path": "pytorch_lightning.loggers.CSVLogger",
-                                "init_args": {"save_dir": "runs", "name": "tiny"}}], **trainer},
-        "model": {"network": {"class_path": "architectures.ZooModel", "init_args": {"name": "lenet5"}},
-                  "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}},
-        "data": {"class_path": "datamodules.MNISTDataModule",
-                 "init_args": {"data_dir": str(data_dir), "batch_size": 64, "val_size": 100, "download": False}},
+        "trainer": {
+            "max_epochs": 1,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "limit_val_batches": 1,
+            "log_every_n_steps": 1,
+            "logger": [
+                {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "tiny"}}
+            ],
+            **trainer,
+        },
+        "model": {
+            "network": {"class_path": "architectures.ZooModel", "init_args": {"name": "lenet5"}},
+            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}},
+        },
+        "data": {
+            "class_path": "datamodules.MNISTDataModule",
+            "init_args": {"data_dir": str(data_dir), "batch_size": 64, "val_size": 100, "download": False},
+        },
     }
 
 
@@ -92,28 +105,36 @@ def test_a_resume_that_changes_a_setting_is_refused_and_the_saved_config_kept(wo
 
 def test_config_changes_name_what_may_not_change_on_resume() -> None:
     def config(lr=0.1, epochs=10, workers=2, schedule=None, callbacks=()) -> dict:
-        return {"seed_everything": 0,
-                "trainer": {"max_epochs": epochs, "devices": 1, "callbacks": list(callbacks)},
-                "model": {"optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": lr}},
-                          "lr_scheduler": schedule},
-                "data": {"class_path": "datamodules.MNISTDataModule", "init_args": {"num_workers": workers}}}
+        return {
+            "seed_everything": 0,
+            "trainer": {"max_epochs": epochs, "devices": 1, "callbacks": list(callbacks)},
+            "model": {
+                "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": lr}},
+                "lr_scheduler": schedule,
+            },
+            "data": {"class_path": "datamodules.MNISTDataModule", "init_args": {"num_workers": workers}},
+        }
 
     assert config_changes(config(), config(workers=8)) == {}
     assert config_changes(config(), config(lr=0.5)) == {"model.optimizer.init_args.lr": (0.1, 0.5)}
     assert config_changes(config(), config(epochs=20)) == {}, "no schedule: the run may be extended"
     cosine = {"class_path": "lightning_modules.schedules.WarmupCosine"}
     assert config_changes(config(schedule=cosine), config(epochs=20, schedule=cosine)) == {
-        "trainer.max_epochs": (10, 20)}, "a restored schedule keeps the old length"
+        "trainer.max_epochs": (10, 20)
+    }, "a restored schedule keeps the old length"
     swa = {"class_path": "pytorch_lightning.callbacks.StochasticWeightAveraging", "init_args": {"swa_lrs": 0.01}}
     assert list(config_changes(config(), config(callbacks=[swa]))) == [
-        "trainer.callbacks.pytorch_lightning.callbacks.StochasticWeightAveraging"]
+        "trainer.callbacks.pytorch_lightning.callbacks.StochasticWeightAveraging"
+    ]
     newer = config()
     newer["model"]["label_smoothing"] = 0.0  # a parameter the code gained since the run started
     assert config_changes(config(), newer) == {}
     # Runs saved before the resume callbacks had files of their own name them by their old class paths.
     old = [{"class_path": f"lightning_modules.reliability.{name}"} for name in ("ExactResume", "CheckpointOnSignal")]
-    new = [{"class_path": "lightning_modules.exact_resume.ExactResume"},
-           {"class_path": "lightning_modules.preemption.CheckpointOnSignal"}]
+    new = [
+        {"class_path": "lightning_modules.exact_resume.ExactResume"},
+        {"class_path": "lightning_modules.preemption.CheckpointOnSignal"},
+    ]
     assert config_changes(config(callbacks=old), config(callbacks=new)) == {}, "the old paths still resolve"
 
 
@@ -144,8 +165,10 @@ def test_a_second_process_in_a_run_folder_is_refused(workdir: Path, data_dir: Pa
         for command in ("fit", "test"):
             code, last = ablate(capsys, command, "--config", "fixed.yaml", "--ckpt_path", "last")
             assert code == 2
-            assert last == (f"ablate: error: ConfigError: run folder {run.resolve()} is in use by another ablate "
-                            f"process (pid {os.getpid()}); wait for it or choose another folder"), last
+            assert last == (
+                f"ablate: error: ConfigError: run folder {run.resolve()} is in use by another ablate "
+                f"process (pid {os.getpid()}); wait for it or choose another folder"
+            ), last
     finally:
         holder.close()
     assert (run / "metrics.csv").read_bytes() == metrics, "the refused processes wrote nothing"
@@ -160,15 +183,28 @@ def test_new_runs_that_counted_the_same_version_take_the_next_one(tmp_path: Path
     holder = _hold(tmp_path / "runs" / "exp" / "version_0")
     try:
         trainer = SimpleNamespace(global_rank=0, loggers=[logger])
-        config = {"logger": [{"class_path": "pytorch_lightning.loggers.CSVLogger",
-                              "init_args": {"save_dir": str(tmp_path / "runs"), "name": "exp"}}]}
+        config = {
+            "logger": [
+                {
+                    "class_path": "pytorch_lightning.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(tmp_path / "runs"), "name": "exp"},
+                }
+            ]
+        }
         folder = lock_run_folder(trainer, config)
         assert folder == (tmp_path / "runs" / "exp" / "version_1").resolve() and logger.version == 1
         run_lock.release(folder)
         assert not folder.exists(), "a run that wrote nothing leaves no folder"
         with pytest.raises(ConfigError, match="is in use by another ablate process"):
-            lock_run_folder(trainer, {**config, "logger": [{**config["logger"][0], "init_args": {
-                **config["logger"][0]["init_args"], "version": 0}}]})
+            lock_run_folder(
+                trainer,
+                {
+                    **config,
+                    "logger": [
+                        {**config["logger"][0], "init_args": {**config["logger"][0]["init_args"], "version": 0}}
+                    ],
+                },
+            )
         assert lock_run_folder(SimpleNamespace(global_rank=1, loggers=[logger]), config) is None, "rank 0 only"
     finally:
         holder.close()
@@ -179,12 +215,19 @@ def test_a_running_fit_holds_its_folder_and_a_kill_frees_it(workdir: Path, data_
     """Two real processes: a slow fit into a fixed folder, and a second fit of the same folder."""
     config = tiny_config(data_dir, max_epochs=3, limit_train_batches=50)
     config["trainer"]["logger"][0]["init_args"]["version"] = "fixed"
-    config["trainer"]["callbacks+"] = [{"class_path": "tests.fit_processes.BatchRecorder",
-                                        "init_args": {"seconds": 0.3}}]
+    config["trainer"]["callbacks+"] = [
+        {"class_path": "tests.fit_processes.BatchRecorder", "init_args": {"seconds": 0.3}}
+    ]
     (workdir / "slow.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "experiments.cli", "fit", "--config", "slow.yaml"], cwd=workdir,
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "experiments.cli", "fit", "--config", "slow.yaml"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while not (workdir / "batches.log").is_file():
@@ -205,12 +248,21 @@ def test_a_running_fit_holds_its_folder_and_a_kill_frees_it(workdir: Path, data_
 # ----- runs that cannot mean anything ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "expect"), [
-    (["--trainer.max_epochs=-1", "--trainer.max_steps=-1"], "ConfigError: this run has no end: "),
-    (["--trainer.max_epochs=0", "--test_after_fit=true"], "ConfigError: --test_after_fit with trainer.max_epochs=0"),
-    (["--trainer.limit_train_batches=0", "--test_after_fit=true"],
-     "ConfigError: --test_after_fit with trainer.limit_train_batches=0 trains nothing"),
-], ids=["no-end", "zero-epochs-tested", "zero-batches-tested"])
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--trainer.max_epochs=-1", "--trainer.max_steps=-1"], "ConfigError: this run has no end: "),
+        (
+            ["--trainer.max_epochs=0", "--test_after_fit=true"],
+            "ConfigError: --test_after_fit with trainer.max_epochs=0",
+        ),
+        (
+            ["--trainer.limit_train_batches=0", "--test_after_fit=true"],
+            "ConfigError: --test_after_fit with trainer.limit_train_batches=0 trains nothing",
+        ),
+    ],
+    ids=["no-end", "zero-epochs-tested", "zero-batches-tested"],
+)
 def test_runs_that_cannot_mean_anything_are_refused(args: list[str], expect: str, workdir: Path, capsys) -> None:
     code, last = fit(capsys, *args)
     assert code == 2 and expect in last, last

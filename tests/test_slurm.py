@@ -39,10 +39,31 @@ def _srun_args(script: str) -> list[str]:
 def test_config_script_line_by_line(tmp_path: Path) -> None:
     out = tmp_path / "slurm"
     config = REPO / "experiments" / "quickstart.yaml"
-    script = _render(["--config", str(config), "--config", str(PRESETS / "trainer_multinode.yaml"),
-                      "--nodes", "4", "--gpus-per-node", "8", "--time", "12:00:00", "--partition", "gpu",
-                      "--account", "proj42", "--cpus-per-task", "6", "--mem", "240G", "--output", str(out)],
-                     workdir=tmp_path)
+    script = _render(
+        [
+            "--config",
+            str(config),
+            "--config",
+            str(PRESETS / "trainer_multinode.yaml"),
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--time",
+            "12:00:00",
+            "--partition",
+            "gpu",
+            "--account",
+            "proj42",
+            "--cpus-per-task",
+            "6",
+            "--mem",
+            "240G",
+            "--output",
+            str(out),
+        ],
+        workdir=tmp_path,
+    )
     root = out / "quickstart" / "$SLURM_JOB_ID"
     assert script.splitlines() == [
         "#!/bin/bash",
@@ -75,33 +96,81 @@ def test_config_script_line_by_line(tmp_path: Path) -> None:
 
 def test_study_script_is_an_array_with_one_task_per_planned_run(tmp_path: Path) -> None:
     study = load_study("resnet_depth")
-    script = _render(["--study", "resnet_depth", "--tier", "smoke", "--seeds", "2", "--only", "resnet20,plain20",
-                      "--out", str(tmp_path / "runs"), "--nodes", "2", "--gpus-per-node", "4", "--max-running", "3",
-                      "--output", str(tmp_path / "slurm"), "--set", "data.init_args.batch_size=32"], workdir=tmp_path)
+    script = _render(
+        [
+            "--study",
+            "resnet_depth",
+            "--tier",
+            "smoke",
+            "--seeds",
+            "2",
+            "--only",
+            "resnet20,plain20",
+            "--out",
+            str(tmp_path / "runs"),
+            "--nodes",
+            "2",
+            "--gpus-per-node",
+            "4",
+            "--max-running",
+            "3",
+            "--output",
+            str(tmp_path / "slurm"),
+            "--set",
+            "data.init_args.batch_size=32",
+        ],
+        workdir=tmp_path,
+    )
     planned = sweep.plan(study, "smoke", 2, tmp_path / "runs", ["resnet20", "plain20"])
     lines = script.splitlines()
     assert len(planned) == 4
     assert "#SBATCH --array=0-3%3" in lines
     assert "#SBATCH --job-name=resnet_depth-smoke" in lines
     assert f"#SBATCH --output={tmp_path}/slurm/resnet_depth-smoke-%A_%a.out" in lines
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gres=gpu:4",
-                 "#SBATCH --signal=SIGUSR1@90", "#SBATCH --requeue"):
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --gres=gpu:4",
+        "#SBATCH --signal=SIGUSR1@90",
+        "#SBATCH --requeue",
+    ):
         assert line in lines
     assert not any(line.startswith("#SBATCH --time") for line in lines), "no --time: the partition's default"
     assert _srun_args(script) == [
-        "srun", "--kill-on-bad-exit=1", *slurm.ablate_command(), "slurm", "sweep-task", "resnet_depth",
-        "--tier", "smoke", "--seeds", "2", "--out", str(tmp_path / "runs"), "--only", "resnet20,plain20",
-        "--set", "data.init_args.batch_size=32", "--set", "trainer.num_nodes=2", "--set", "trainer.devices=4",
-        "--task-index", "$SLURM_ARRAY_TASK_ID",
+        "srun",
+        "--kill-on-bad-exit=1",
+        *slurm.ablate_command(),
+        "slurm",
+        "sweep-task",
+        "resnet_depth",
+        "--tier",
+        "smoke",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--only",
+        "resnet20,plain20",
+        "--set",
+        "data.init_args.batch_size=32",
+        "--set",
+        "trainer.num_nodes=2",
+        "--set",
+        "trainer.devices=4",
+        "--task-index",
+        "$SLURM_ARRAY_TASK_ID",
     ]
 
 
 def test_bad_requests_are_refused(tmp_path: Path) -> None:
     config = str(REPO / "experiments" / "quickstart.yaml")
     common = ["--config", config, "--gpus-per-node", "1"]
-    for extra, message in ((["--nodes", "0"], "at least 1"), (["--nodes", "1", "--time", "90 minutes"], "HH:MM:SS"),
-                           (["--nodes", "1", "--job-name", "interactive"], "SLURM support"),
-                           (["--nodes", "1", "--wandb"], "presets/wandb.yaml")):
+    for extra, message in (
+        (["--nodes", "0"], "at least 1"),
+        (["--nodes", "1", "--time", "90 minutes"], "HH:MM:SS"),
+        (["--nodes", "1", "--job-name", "interactive"], "SLURM support"),
+        (["--nodes", "1", "--wandb"], "presets/wandb.yaml"),
+    ):
         with pytest.raises(ValueError, match=message):
             _render([*common, *extra], tmp_path)
     with pytest.raises(FileNotFoundError):
@@ -110,8 +179,9 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
 
 def test_dry_run_prints_and_writes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    code = slurm.main(["--config", str(REPO / "experiments" / "quickstart.yaml"), "--nodes", "1",
-                       "--gpus-per-node", "2", "--dry-run"])
+    code = slurm.main(
+        ["--config", str(REPO / "experiments" / "quickstart.yaml"), "--nodes", "1", "--gpus-per-node", "2", "--dry-run"]
+    )
     assert code == 0
     assert capsys.readouterr().out.startswith("#!/bin/bash\n#SBATCH --job-name=quickstart\n")
     assert not (tmp_path / "runs").exists()
@@ -137,14 +207,22 @@ def test_writes_the_script_and_submits_with_sbatch(tmp_path: Path, monkeypatch, 
 
 def _slurm_env(script: str, procid: int, job_id: str = "4242") -> dict[str, str]:
     """The variables srun sets for task ``procid`` of the job the script asks for."""
-    sbatch = dict(line.removeprefix("#SBATCH --").split("=", 1) for line in script.splitlines()
-                  if line.startswith("#SBATCH --") and "=" in line)
+    sbatch = dict(
+        line.removeprefix("#SBATCH --").split("=", 1)
+        for line in script.splitlines()
+        if line.startswith("#SBATCH --") and "=" in line
+    )
     nodes, per_node = int(sbatch["nodes"]), int(sbatch["ntasks-per-node"])
     return {
-        "SLURM_JOB_ID": job_id, "SLURM_JOB_NAME": sbatch["job-name"], "SLURM_NNODES": str(nodes),
-        "SLURM_NTASKS": str(nodes * per_node), "SLURM_NTASKS_PER_NODE": str(per_node),
-        "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid % per_node),
-        "SLURM_NODEID": str(procid // per_node), "SLURM_NODELIST": f"gpu[07-{7 + nodes - 1:02d}]",
+        "SLURM_JOB_ID": job_id,
+        "SLURM_JOB_NAME": sbatch["job-name"],
+        "SLURM_NNODES": str(nodes),
+        "SLURM_NTASKS": str(nodes * per_node),
+        "SLURM_NTASKS_PER_NODE": str(per_node),
+        "SLURM_PROCID": str(procid),
+        "SLURM_LOCALID": str(procid % per_node),
+        "SLURM_NODEID": str(procid // per_node),
+        "SLURM_NODELIST": f"gpu[07-{7 + nodes - 1:02d}]",
     }
 
 
@@ -157,8 +235,9 @@ def test_lightning_derives_world_and_ranks_from_the_job(tmp_path: Path, monkeypa
     # Building a Trainer sets the process-wide rank-zero flag; put it back for the tests that follow.
     monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
 
-    script = _render(["--config", str(REPO / "experiments" / "quickstart.yaml"), "--nodes", "4",
-                      "--gpus-per-node", "8"], tmp_path)
+    script = _render(
+        ["--config", str(REPO / "experiments" / "quickstart.yaml"), "--nodes", "4", "--gpus-per-node", "8"], tmp_path
+    )
     words = _srun_args(script)
     flags = dict(word.removeprefix("--trainer.").split("=", 1) for word in words if word.startswith("--trainer."))
     for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GROUP_RANK"):
@@ -173,8 +252,13 @@ def test_lightning_derives_world_and_ranks_from_the_job(tmp_path: Path, monkeypa
         assert (environment.node_rank(), environment.local_rank()) == (node, local)
         assert environment.main_address == "gpu07"
         assert environment.main_port == 15000 + 4242
-        trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=int(flags["devices"]),
-                             num_nodes=int(flags["num_nodes"]), logger=False)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            strategy="ddp",
+            devices=int(flags["devices"]),
+            num_nodes=int(flags["num_nodes"]),
+            logger=False,
+        )
         assert isinstance(trainer._accelerator_connector.cluster_environment, SLURMEnvironment)
         assert (trainer.world_size, trainer.global_rank) == (32, procid)
         assert (trainer.node_rank, trainer.local_rank) == (node, local)
@@ -190,8 +274,19 @@ def test_lightning_derives_world_and_ranks_from_the_job(tmp_path: Path, monkeypa
 
 def test_array_task_ranks_share_one_fit_and_one_set_of_records(tmp_path: Path, monkeypatch) -> None:
     """Rank 0 runs the sweep (records); other ranks exec the same fit with a private config copy."""
-    argv = ["resnet_depth", "--tier", "smoke", "--seeds", "2", "--out", str(tmp_path / "runs"),
-            "--set", "trainer.devices=2", "--task-index", "1"]
+    argv = [
+        "resnet_depth",
+        "--tier",
+        "smoke",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--set",
+        "trainer.devices=2",
+        "--task-index",
+        "1",
+    ]
     calls: list[list[str]] = []
     monkeypatch.setattr(sweep, "main", lambda args: calls.append(list(args)) or 0)
     before = signal.getsignal(signal.SIGUSR1)
@@ -245,18 +340,43 @@ def test_sigusr1_checkpoints_requeues_and_the_next_run_resumes(tmp_path: Path) -
     scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\nkill -TERM $PPID\n')
     scontrol.chmod(0o755)
     root = tmp_path / "job"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "NO_COLOR": "1",
-           "PATH": f"{bin_dir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-           "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "ablate-test", "SLURM_NTASKS": "1",
-           "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-           "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
-    cmd = [sys.executable, "-m", "experiments.cli", "fit",
-           "--config", str(REPO / "experiments" / "quickstart_fast.yaml"),
-           "--config", str(PRESETS / "trainer_cpu.yaml"), f"--trainer.default_root_dir={root}",
-           "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-           "--trainer.enable_model_summary=false", "--trainer.callbacks+=tests.test_slurm.StepMarker",
-           f"--data.data_dir={data}", "--data.init_args.val_size=44", "--data.init_args.batch_size=16",
-           "--model.network.init_args.name=lenet5"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "offline",
+        "NO_COLOR": "1",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "ablate-test",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NNODES": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.cli",
+        "fit",
+        "--config",
+        str(REPO / "experiments" / "quickstart_fast.yaml"),
+        "--config",
+        str(PRESETS / "trainer_cpu.yaml"),
+        f"--trainer.default_root_dir={root}",
+        "--trainer.max_epochs=2",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.callbacks+=tests.test_slurm.StepMarker",
+        f"--data.data_dir={data}",
+        "--data.init_args.val_size=44",
+        "--data.init_args.batch_size=16",
+        "--model.network.init_args.name=lenet5",
+    ]
     progress = tmp_path / "progress.txt"
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
@@ -294,19 +414,59 @@ def test_array_task_on_two_ranks_end_to_end(tmp_path: Path) -> None:
 
     cifar = write_cifar10_pickles(tmp_path / "cifar", per_batch=20, num_test=31)
     out = tmp_path / "runs"
-    argv = ["resnet_depth", "--tier", "smoke", "--seeds", "1", "--only", "resnet20", "--out", str(out),
-            "--set", f"data.init_args.data_dir={cifar}", "--set", "data.init_args.val_size=20",
-            "--set", "data.init_args.batch_size=8", "--set", "trainer.accelerator=cpu",
-            "--set", "trainer.num_nodes=1", "--set", "trainer.devices=2", "--task-index", "0"]
-    base = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "NO_COLOR": "1", "OMP_NUM_THREADS": "1",
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "PATH": "/usr/bin:/bin:" + os.environ["PATH"],
-            "SLURM_JOB_ID": "5151", "SLURM_ARRAY_JOB_ID": "5150", "SLURM_ARRAY_TASK_ID": "0",
-            "SLURM_JOB_NAME": "resnet_depth-smoke", "SLURM_NNODES": "1", "SLURM_NTASKS": "2",
-            "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+    argv = [
+        "resnet_depth",
+        "--tier",
+        "smoke",
+        "--seeds",
+        "1",
+        "--only",
+        "resnet20",
+        "--out",
+        str(out),
+        "--set",
+        f"data.init_args.data_dir={cifar}",
+        "--set",
+        "data.init_args.val_size=20",
+        "--set",
+        "data.init_args.batch_size=8",
+        "--set",
+        "trainer.accelerator=cpu",
+        "--set",
+        "trainer.num_nodes=1",
+        "--set",
+        "trainer.devices=2",
+        "--task-index",
+        "0",
+    ]
+    base = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "offline",
+        "NO_COLOR": "1",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "PATH": "/usr/bin:/bin:" + os.environ["PATH"],
+        "SLURM_JOB_ID": "5151",
+        "SLURM_ARRAY_JOB_ID": "5150",
+        "SLURM_ARRAY_TASK_ID": "0",
+        "SLURM_JOB_NAME": "resnet_depth-smoke",
+        "SLURM_NNODES": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }
     ranks = [
-        subprocess.Popen([*slurm.ablate_command(), "slurm", "sweep-task", *argv], cwd=tmp_path,
-                         env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [*slurm.ablate_command(), "slurm", "sweep-task", *argv],
+            cwd=tmp_path,
+            env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for rank in (0, 1)
     ]
     outputs = [rank.communicate(timeout=300)[0] for rank in ranks]

@@ -39,11 +39,16 @@ def test_every_arm_differs_from_the_reference_in_what_its_table_varies(name: str
     reference = _resolved(runs[study.reference])
     for arm in study.arms.values():
         resolved = _resolved(runs[arm.name])
-        differing = {key for key in set(resolved) | set(reference)
-                     if resolved.get(key, "<unset>") != reference.get(key, "<unset>")}
+        differing = {
+            key
+            for key in set(resolved) | set(reference)
+            if resolved.get(key, "<unset>") != reference.get(key, "<unset>")
+        }
         undeclared = sorted(key for key in differing if not _covered(key, (*study.varies, *arm.differs)))
-        assert not undeclared, f"{name}/{arm.name} [{tier}] also changes {undeclared}: vary it in the table or " \
-                               "declare it under the arm's `differs` with its source"
+        assert not undeclared, (
+            f"{name}/{arm.name} [{tier}] also changes {undeclared}: vary it in the table or "
+            "declare it under the arm's `differs` with its source"
+        )
         unused = [key for key in arm.differs if not any(_covered(d, [key]) for d in differing)]
         assert not unused, f"{name}/{arm.name}: declares {unused} but does not change them"
         assert all(arm.differs.values()), f"{name}/{arm.name}: every declared difference names its source"
@@ -59,7 +64,8 @@ def test_a_hidden_difference_is_caught(tmp_path: Path) -> None:
     shutil.copytree(STUDIES_DIR / "resnet_shortcuts", root)
     (root / "arms" / "conv1x1.yaml").write_text(
         "model:\n  network:\n    init_args:\n      overrides: {shortcut: conv1x1}\n"
-        "  optimizer:\n    init_args: {lr: 0.05}\n")
+        "  optimizer:\n    init_args: {lr: 0.05}\n"
+    )
     study = load_study(root)
     runs = {run.arm.name: run for run in plan(study, "smoke", 1, tmp_path / "runs")}
     reference, changed = _resolved(runs["original"]), _resolved(runs["conv1x1"])

@@ -37,13 +37,20 @@ def cifar_dir(tmp_path_factory) -> Path:
 
 
 def _data_set(cifar_dir: Path) -> list[str]:
-    return ["--set", f"data.init_args.data_dir={cifar_dir}", "--set", "data.init_args.val_size=20",
-            "--set", "data.init_args.batch_size=16"]
+    return [
+        "--set",
+        f"data.init_args.data_dir={cifar_dir}",
+        "--set",
+        "data.init_args.val_size=20",
+        "--set",
+        "data.init_args.batch_size=16",
+    ]
 
 
 def _sweep(study: str, out: Path, cifar_dir: Path, *args: str):
-    return run_ablate("sweep", study, "--tier", "smoke", "--out", str(out), *_data_set(cifar_dir), *args,
-                      cwd=out.parent, timeout=1500)
+    return run_ablate(
+        "sweep", study, "--tier", "smoke", "--out", str(out), *_data_set(cifar_dir), *args, cwd=out.parent, timeout=1500
+    )
 
 
 @pytest.mark.parametrize("study", sorted(SMOKE_ARMS))
@@ -109,8 +116,9 @@ def test_a_setup_error_stops_the_sweep_and_records_nothing(cifar_dir: Path, tmp_
     result = _sweep(str(study), out, cifar_dir, "--only", "broken,resnet20")
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("ablate: error: SetupError: tiny/smoke/broken/seed_0 could not start: KeyError: "
-                           "unknown architecture 'resnet21'"), last
+    assert last.startswith(
+        "ablate: error: SetupError: tiny/smoke/broken/seed_0 could not start: KeyError: unknown architecture 'resnet21'"
+    ), last
     assert not list(out.rglob("result.json")), "a setup error is not a result"
     assert not (out / "tiny" / "smoke" / "resnet20").exists(), "no run starts after a setup error"
     assert not (out / "tiny" / "smoke" / "broken" / "seed_0" / "fingerprint.json").exists()
@@ -140,17 +148,33 @@ def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path: Path) -> None
 
 @pytest.mark.end_to_end
 def test_sigterm_to_the_sweep_alone_checkpoints_its_run_and_the_next_sweep_resumes_it(
-        cifar_dir: Path, tmp_path: Path) -> None:
+    cifar_dir: Path, tmp_path: Path
+) -> None:
     """``kill <sweep pid>`` reaches the ``ablate fit`` child: it saves last.ckpt and exits, the run is
     not recorded, the sweep exits 143, and the same command resumes the run from that checkpoint."""
     out, batches = tmp_path / "runs", tmp_path / "batches.log"
     slow = {"class_path": "tests.fit_processes.BatchRecorder", "init_args": {"path": str(batches), "seconds": 0.5}}
-    args = [sys.executable, "-m", "experiments.cli", "sweep", "resnet_depth", "--tier", "smoke", "--only", "resnet20",
-            "--out", str(out), *_data_set(cifar_dir), "--set", "trainer.max_steps=40"]
+    args = [
+        sys.executable,
+        "-m",
+        "experiments.cli",
+        "sweep",
+        "resnet_depth",
+        "--tier",
+        "smoke",
+        "--only",
+        "resnet20",
+        "--out",
+        str(out),
+        *_data_set(cifar_dir),
+        "--set",
+        "trainer.max_steps=40",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "WANDB_MODE": "offline"}
     args += ["--set", f"trainer.callbacks+={json.dumps(slow)}"]  # part of the fingerprint: the resume repeats it
-    sweep_process = subprocess.Popen(args, cwd=tmp_path,
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep_process = subprocess.Popen(
+        args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     while not (batches.is_file() and len(batches.read_text().splitlines()) >= 3):  # "run" and two steps
         assert sweep_process.poll() is None and time.monotonic() < deadline, sweep_process.communicate()
@@ -178,8 +202,9 @@ def test_grid_selection_uses_validation_not_test(tmp_path: Path) -> None:
     for lr, val, test in ((0.25, 0.80, 5.0), (0.1, 0.90, 9.0), (0.05, 0.85, 7.0), (0.01, 0.70, 12.0)):
         seed_dir = arm_dir / f"lr={lr}" / "seed_0"
         seed_dir.mkdir(parents=True)
-        (seed_dir / "result.json").write_text(json.dumps(
-            {"status": "completed", "seed": 0, "metrics": {"val/acc_best": val, "test/err": test}}))
+        (seed_dir / "result.json").write_text(
+            json.dumps({"status": "completed", "seed": 0, "metrics": {"val/acc_best": val, "test/err": test}})
+        )
     row = next(r for r in report_module.collect(study, "full", tmp_path) if r["arm"] == "all_cnn_c")
     assert row["selected"] == "lr=0.1" and row["mean"] == 9.0
 
@@ -189,12 +214,23 @@ def test_grid_selection_uses_the_final_models_validation_accuracy(tmp_path: Path
     not on the best accuracy some earlier checkpoint reached."""
     study = load_study("all_cnn")
     arm_dir = tmp_path / "all_cnn" / "full" / "all_cnn_c"
-    for lr, final, best, test in ((0.25, 0.70, 0.95, 5.0), (0.1, 0.90, 0.91, 9.0), (0.05, 0.85, 0.86, 7.0),
-                                  (0.01, 0.60, 0.70, 12.0)):
+    for lr, final, best, test in (
+        (0.25, 0.70, 0.95, 5.0),
+        (0.1, 0.90, 0.91, 9.0),
+        (0.05, 0.85, 0.86, 7.0),
+        (0.01, 0.60, 0.70, 12.0),
+    ):
         seed_dir = arm_dir / f"lr={lr}" / "seed_0"
         seed_dir.mkdir(parents=True)
-        (seed_dir / "result.json").write_text(json.dumps(
-            {"status": "completed", "seed": 0, "metrics": {"val/acc": final, "val/acc_best": best, "test/err": test}}))
+        (seed_dir / "result.json").write_text(
+            json.dumps(
+                {
+                    "status": "completed",
+                    "seed": 0,
+                    "metrics": {"val/acc": final, "val/acc_best": best, "test/err": test},
+                }
+            )
+        )
     row = next(r for r in report_module.collect(study, "full", tmp_path) if r["arm"] == "all_cnn_c")
     assert row["selected"] == "lr=0.1" and row["mean"] == 9.0
 
@@ -217,25 +253,41 @@ def _results(root: Path, study: str, tier: str, errors: dict[str, float]) -> Non
     for arm, err in errors.items():
         seed_dir = root / study / tier / arm / "seed_0"
         seed_dir.mkdir(parents=True)
-        (seed_dir / "result.json").write_text(json.dumps(
-            {"status": "completed", "seed": 0, "metrics": {"test/err": err},
-             "extra_args": ["--model.network.init_args.name=resnet20"]}))
+        (seed_dir / "result.json").write_text(
+            json.dumps(
+                {
+                    "status": "completed",
+                    "seed": 0,
+                    "metrics": {"test/err": err},
+                    "extra_args": ["--model.network.init_args.name=resnet20"],
+                }
+            )
+        )
 
 
 def test_a_compressed_tier_is_compared_by_the_order_of_the_arms(tmp_path: Path) -> None:
     study = load_study("resnet_shortcuts")
     # Paper: original 6.61 < shortcut gating b_g=-6 6.91 < exclusive gating b_g=-6 8.70 < dropout (fail).
-    _results(tmp_path, "resnet_shortcuts", "short",
-             {"original": 25.0, "shortcut_gating_bg6": 26.0, "exclusive_gating_bg6": 28.0, "dropout": 60.0})
+    _results(
+        tmp_path,
+        "resnet_shortcuts",
+        "short",
+        {"original": 25.0, "shortcut_gating_bg6": 26.0, "exclusive_gating_bg6": 28.0, "dropout": 60.0},
+    )
     rows = report_module.collect(study, "short", tmp_path)
     assert report_module.rank_agreement(rows) == (pytest.approx(1.0), 4)
-    assert not any(row["fail"] for row in rows) and all(row["diff"] is None for row in rows), \
+    assert not any(row["fail"] for row in rows) and all(row["diff"] is None for row in rows), (
         "the paper's 20% rule and differences belong to its full schedule"
+    )
     text = report_module.markdown(study, "short", rows)
     assert "Spearman's rho over 4 arms, 'fail' tied last): **+1.00**" in text
     assert "changed the paper's protocol: `--model.network.init_args.name=resnet20`" in text
-    _results(tmp_path, "resnet_shortcuts", "full", {"original": 60.0, "shortcut_gating_bg6": 28.0,
-                                                    "exclusive_gating_bg6": 26.0, "dropout": 25.0})
+    _results(
+        tmp_path,
+        "resnet_shortcuts",
+        "full",
+        {"original": 60.0, "shortcut_gating_bg6": 28.0, "exclusive_gating_bg6": 26.0, "dropout": 25.0},
+    )
     rows = report_module.collect(study, "full", tmp_path)
     assert report_module.rank_agreement(rows)[0] == pytest.approx(-1.0)
     original = next(row for row in rows if row["arm"] == "original")
@@ -265,21 +317,25 @@ def test_a_changed_setting_is_never_a_silent_skip(cifar_dir: Path, tmp_path: Pat
     run_dir = out / "resnet_depth" / "smoke" / "resnet20" / "seed_0"
     first = json.loads((run_dir / "result.json").read_text())
     assert first["status"] == "completed" and len(first["fingerprint"]) == 12
-    assert stdout.strip().splitlines()[-1] == ("resnet_depth [smoke]: 1 completed, 0 failed, 0 skipped (done before), "
-                                               "0 missing of 1 planned runs")
+    assert stdout.strip().splitlines()[-1] == (
+        "resnet_depth [smoke]: 1 completed, 0 failed, 0 skipped (done before), 0 missing of 1 planned runs"
+    )
     before = {path: path.stat().st_mtime_ns for path in run_dir.rglob("*") if path.is_file()}
 
     changed = [*base, "--set", "model.optimizer.init_args.lr=0.05"]
     code, stdout, stderr = _sweep_in_process(capsys, *changed)
     assert code == 2
-    assert (f"changed resnet_depth/smoke/resnet20/seed_0: fingerprint {first['fingerprint']} -> " in stderr
-            and "changed: model.optimizer.init_args.lr" in stderr), stderr
+    assert (
+        f"changed resnet_depth/smoke/resnet20/seed_0: fingerprint {first['fingerprint']} -> " in stderr
+        and "changed: model.optimizer.init_args.lr" in stderr
+    ), stderr
     assert "nothing was trained" in stderr.strip().splitlines()[-1]
     assert {path: path.stat().st_mtime_ns for path in run_dir.rglob("*") if path.is_file()} == before
 
     # Where the run happens is not what it is: another data folder, more workers, another device.
-    code, stdout, _ = _sweep_in_process(capsys, *base, "--set", "data.init_args.num_workers=0",
-                                        "--set", "trainer.accelerator=cpu")
+    code, stdout, _ = _sweep_in_process(
+        capsys, *base, "--set", "data.init_args.num_workers=0", "--set", "trainer.accelerator=cpu"
+    )
     assert code == 0 and "skip    resnet_depth/smoke/resnet20/seed_0: completed" in stdout
 
     code, stdout, _ = _sweep_in_process(capsys, *changed, "--changed", "keep")
@@ -312,8 +368,18 @@ def test_a_changed_setting_is_never_a_silent_skip(cifar_dir: Path, tmp_path: Pat
     assert main(["fit", "--config", str(run_dir / "config.yaml")]) == 2
     assert "holds a finished run (result.json)" in capsys.readouterr().err.strip().splitlines()[-1]
     assert {path: path.read_bytes() for path in (run_dir / "checkpoints").iterdir()} == checkpoints
-    assert main(["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" /
-                                                                                       "last.ckpt")]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "--config",
+                str(run_dir / "config.yaml"),
+                "--ckpt_path",
+                str(run_dir / "checkpoints" / "last.ckpt"),
+            ]
+        )
+        == 0
+    )
     assert (run_dir / "metrics.csv").read_text().startswith(rows_before.strip())
     assert (run_dir / "config.yaml").read_text() == config_before and (run_dir / "config_test.yaml").is_file()
 
@@ -331,12 +397,14 @@ def test_a_sweep_with_failed_or_missing_runs_exits_non_zero(cifar_dir: Path, tmp
     meta["arms"], meta["reference"] = {"lr_1e12": {"paper": 5.0, "label": "lr 1e12"}}, "lr_1e12"
     (study / "study.yaml").write_text(yaml.safe_dump(meta))
     (study / "arms" / "lr_1e12.yaml").write_text(  # no batch norm to absorb it: NaN at once
-        "model:\n  network:\n    init_args: {name: all_cnn_c}\n  optimizer:\n    init_args: {lr: 1.0e+12}\n")
+        "model:\n  network:\n    init_args: {name: all_cnn_c}\n  optimizer:\n    init_args: {lr: 1.0e+12}\n"
+    )
     out = tmp_path / "runs"
     result = _sweep(str(study), out, cifar_dir)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == ("diverge [smoke]: 0 completed, 1 failed, 0 skipped (done "
-                                                      "before), 0 missing of 1 planned runs")
+    assert result.stdout.strip().splitlines()[-1] == (
+        "diverge [smoke]: 0 completed, 1 failed, 0 skipped (done before), 0 missing of 1 planned runs"
+    )
     record = json.loads((out / "diverge" / "smoke" / "lr_1e12" / "seed_0" / "result.json").read_text())
     assert record["status"] == "failed" and record["diverged"] is True
     again = _sweep(str(study), out, cifar_dir)
@@ -349,8 +417,12 @@ def test_the_report_never_shows_a_diverged_or_corrupt_result_as_a_number(tmp_pat
     from experiments.cli import main
 
     study = load_study("resnet_shortcuts")
-    _results(tmp_path, "resnet_shortcuts", "short",
-             {"original": 25.0, "shortcut_gating_bg6": float("nan"), "exclusive_gating_bg6": 28.0, "conv1x1": 30.0})
+    _results(
+        tmp_path,
+        "resnet_shortcuts",
+        "short",
+        {"original": 25.0, "shortcut_gating_bg6": float("nan"), "exclusive_gating_bg6": 28.0, "conv1x1": 30.0},
+    )
     corrupt = tmp_path / "resnet_shortcuts" / "short" / "dropout" / "seed_0"
     corrupt.mkdir(parents=True)
     (corrupt / "result.json").write_text('{"status": "compl')

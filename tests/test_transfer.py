@@ -85,8 +85,9 @@ def test_our_own_checkpoint_loads_as_weights(tmp_path: Path) -> None:
 
 def test_frozen_backbone_is_bitwise_unchanged_after_training() -> None:
     torch.manual_seed(0)
-    model = ImageClassifier(create_model("alexnet_cifar", num_classes=4, in_chans=3), optimizer=sgd(0.05),
-                            weight_decay_norm_bias=False)
+    model = ImageClassifier(
+        create_model("alexnet_cifar", num_classes=4, in_chans=3), optimizer=sgd(0.05), weight_decay_norm_bias=False
+    )
     fine_tune = FineTune(freeze=["features"])
     fine_tune.setup(None, model, "fit")  # what the Trainer does before it builds the optimiser
     before = {k: v.clone() for k, v in model.network.state_dict().items()}
@@ -136,7 +137,8 @@ def test_freeze_bn_stats_keeps_running_statistics() -> None:
         before = {k: v.clone() for k, v in model.network.state_dict().items()}
         callback = FineTune(freeze=["stem"], freeze_bn_stats=freeze_bn_stats)
         quick_trainer(max_steps=3, limit_val_batches=1, val_check_interval=2, callbacks=[callback, modes]).fit(
-            model, datamodule=TinyData())
+            model, datamodule=TinyData()
+        )
         return before, model.network.state_dict(), model
 
     before, after, model = train(freeze_bn_stats=True)
@@ -206,5 +208,6 @@ def test_transfer_recipe_settings() -> None:
     head = {id(p) for p in network.classifier[6].parameters()}
     assert {group["lr_multiplier"] for group in groups if head & {id(p) for p in group["params"]}} == {10.0}
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(
-        p.numel() for n, p in network.named_parameters() if n.startswith("classifier."))
+        p.numel() for n, p in network.named_parameters() if n.startswith("classifier.")
+    )
     assert isinstance(network.classifier[6], nn.Linear) and network.classifier[6].out_features == 10

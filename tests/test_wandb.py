@@ -14,10 +14,17 @@ from tests.wandb_runs import read_wandb_run
 @pytest.mark.end_to_end
 def test_offline_run_holds_metrics_and_config(synthetic_mnist: Path, tmp_path: Path) -> None:
     result = run_ablate(
-        "fit", "--config", str(REPO / "experiments" / "quickstart_fast.yaml"),
-        "--config", str(REPO / "experiments" / "presets" / "wandb.yaml"),
-        *QUICK, f"--data.data_dir={synthetic_mnist}", "--data.init_args.val_size=100", "--test_after_fit=true",
-        cwd=tmp_path, env={"WANDB_MODE": "", "HOME": str(tmp_path)},  # no key, no netrc: offline by itself
+        "fit",
+        "--config",
+        str(REPO / "experiments" / "quickstart_fast.yaml"),
+        "--config",
+        str(REPO / "experiments" / "presets" / "wandb.yaml"),
+        *QUICK,
+        f"--data.data_dir={synthetic_mnist}",
+        "--data.init_args.val_size=100",
+        "--test_after_fit=true",
+        cwd=tmp_path,
+        env={"WANDB_MODE": "", "HOME": str(tmp_path)},  # no key, no netrc: offline by itself
     )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))

@@ -22,13 +22,30 @@ SENTINEL = "sentinel0123456789abcdef0123456789abcdef01"  # 42 characters, shaped
 
 @pytest.mark.end_to_end
 def test_config_once_summary_and_no_api_key_on_disk(synthetic_mnist: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "NO_COLOR": "1", "HOME": str(tmp_path), "WANDB_API_KEY": SENTINEL}
-    cmd = [sys.executable, "-m", "experiments.cli", "fit",
-           "--config", str(REPO / "experiments" / "quickstart_fast.yaml"),
-           "--config", str(REPO / "experiments" / "presets" / "wandb.yaml"), *QUICK,
-           f"--data.data_dir={synthetic_mnist}", "--data.init_args.val_size=100",
-           "--model.network.init_args.name=lenet5", "--test_after_fit=true"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "NO_COLOR": "1",
+        "HOME": str(tmp_path),
+        "WANDB_API_KEY": SENTINEL,
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.cli",
+        "fit",
+        "--config",
+        str(REPO / "experiments" / "quickstart_fast.yaml"),
+        "--config",
+        str(REPO / "experiments" / "presets" / "wandb.yaml"),
+        *QUICK,
+        f"--data.data_dir={synthetic_mnist}",
+        "--data.init_args.val_size=100",
+        "--model.network.init_args.name=lenet5",
+        "--test_after_fit=true",
+    ]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
@@ -78,10 +95,22 @@ def test_study_report_pushed_as_a_wandb_table_offline(tmp_path: Path) -> None:
         for seed, error in enumerate(errors):
             folder = out / "resnet_depth" / "smoke" / arm / f"seed_{seed}"
             folder.mkdir(parents=True)
-            sweep.write_json_atomic(folder / "result.json", {
-                "status": "completed", "arm": arm, "seed": seed, "metrics": {"test/err": error}})
-    result = run_ablate("report", "resnet_depth", "--tier", "smoke", "--out", str(out), "--wandb",
-                        cwd=tmp_path, env={"HOME": str(tmp_path)}, timeout=300)
+            sweep.write_json_atomic(
+                folder / "result.json",
+                {"status": "completed", "arm": arm, "seed": seed, "metrics": {"test/err": error}},
+            )
+    result = run_ablate(
+        "report",
+        "resnet_depth",
+        "--tier",
+        "smoke",
+        "--out",
+        str(out),
+        "--wandb",
+        cwd=tmp_path,
+        env={"HOME": str(tmp_path)},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((out / "resnet_depth" / "smoke" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1

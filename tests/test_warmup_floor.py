@@ -72,9 +72,12 @@ def build(config: dict, batches_per_epoch: int | None = None, max_steps: int | N
     factory = parser.instantiate(parser.parse_object({"sched": config["model"]["lr_scheduler"]})).sched
     optimizer = config["model"]["optimizer"]
     model = ImageClassifier(
-        Net(), lr_scheduler=factory, scheduler_interval=config["model"].get("scheduler_interval"),
-        optimizer=functools.partial(getattr(torch.optim, optimizer["class_path"].split(".")[-1]),
-                                    **optimizer["init_args"]),
+        Net(),
+        lr_scheduler=factory,
+        scheduler_interval=config["model"].get("scheduler_interval"),
+        optimizer=functools.partial(
+            getattr(torch.optim, optimizer["class_path"].split(".")[-1]), **optimizer["init_args"]
+        ),
     )
     model._trainer = Trainer(total, per_epoch, config["trainer"].get("max_epochs", 1))
     configured = model.configure_optimizers()
@@ -154,8 +157,15 @@ def test_warmup_in_epochs_longer_than_the_run() -> None:
 
 def test_fraction_warmup_raised_to_the_floor() -> None:
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    schedule = WarmupMultiStep(optimizer, milestones=[0.5], warmup=0.05, warmup_unit="fraction",
-                               warmup_mode="linear", min_warmup_steps=FLOOR, total_steps=2000)
+    schedule = WarmupMultiStep(
+        optimizer,
+        milestones=[0.5],
+        warmup=0.05,
+        warmup_unit="fraction",
+        warmup_mode="linear",
+        min_warmup_steps=FLOOR,
+        total_steps=2000,
+    )
     assert schedule.warmup_steps == FLOOR and schedule.peak_scale == 1.0 and "made 300" in schedule.note
     exact = WarmupMultiStep(optimizer, milestones=[0.5], warmup=0.05, warmup_unit="fraction", total_steps=2000)
     assert exact.warmup_steps == 100 and exact.note is None, "built directly, no floor unless asked"
@@ -164,11 +174,13 @@ def test_fraction_warmup_raised_to_the_floor() -> None:
 def test_untouched_warmups() -> None:
     """Warm-ups in steps are the user's exact choice; the studies' schedule keeps its measured fractions."""
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    in_steps = WarmupMultiStep(optimizer, milestones=[400], unit="step", warmup=40, warmup_unit="step",
-                               min_warmup_steps=FLOOR, total_steps=500)
+    in_steps = WarmupMultiStep(
+        optimizer, milestones=[400], unit="step", warmup=40, warmup_unit="step", min_warmup_steps=FLOOR, total_steps=500
+    )
     assert in_steps.warmup_steps == 40 and in_steps.note is None
-    study = WarmupMultiStep(optimizer, milestones=[0.5, 0.75], warmup=0.00625, warmup_unit="fraction",
-                            min_warmup_steps=0, total_steps=3520)  # as the study configs give it
+    study = WarmupMultiStep(
+        optimizer, milestones=[0.5, 0.75], warmup=0.00625, warmup_unit="fraction", min_warmup_steps=0, total_steps=3520
+    )  # as the study configs give it
     assert study.warmup_steps == 22 and study.note is None
     assert floored_warmup(0, 100, FLOOR).steps == 0, "no warm-up asked, none added"
     assert floored_warmup(FLOOR, 10 * FLOOR, FLOOR).note is None

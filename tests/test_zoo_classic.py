@@ -110,9 +110,7 @@ def test_all_cnn_row_switches_by_one_config_key() -> None:
     assert isinstance(net, AllCNN) and net.model == "strided_cnn_b"
     assert count_params(net) == ALL_CNN_PARAMS["strided_cnn_b"]
     reference = create_model("strided_cnn_b")
-    assert {k: v.shape for k, v in net.state_dict().items()} == {
-        k: v.shape for k, v in reference.state_dict().items()
-    }
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
     with pytest.raises(ValueError, match="all_cnn_c"):
         AllCNN(model="all_cnn_d")
 
@@ -146,9 +144,7 @@ def test_vgg_c_has_1x1_convs_closing_the_last_three_stages() -> None:
 
 
 def test_vgg_config_and_batch_norm_switch_by_constructor_arguments() -> None:
-    net = _from_config(
-        "architectures.vgg.VGG", {"config": "C", "batch_norm": True, "hidden": [], "pool_size": 1}
-    )
+    net = _from_config("architectures.vgg.VGG", {"config": "C", "batch_norm": True, "hidden": [], "pool_size": 1})
     assert len(_convs(net)) == 13 and _count(net, nn.BatchNorm2d) == 13
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 1000)
 

@@ -150,9 +150,7 @@ def test_constant_scaling_multiplies_by_half() -> None:
     both = make_shortcut("scale", 4, 4, 1, residual_scale=0.5)
     torch.testing.assert_close(shortcut_only(x, residual), 0.5 * x + residual)
     torch.testing.assert_close(both(x, residual), 0.5 * x + 0.5 * residual)
-    net = create_model(
-        "resnet20", shortcut="scale", shortcut_args={"shortcut_scale": 0.5, "residual_scale": 0.5}
-    )
+    net = create_model("resnet20", shortcut="scale", shortcut_args={"shortcut_scale": 0.5, "residual_scale": 0.5})
     assert all(unit.downsample.residual_scale == 0.5 for unit in _units(net))
 
 
@@ -256,9 +254,7 @@ def test_preact_net_moves_bn_into_units_and_adds_final_activation() -> None:
 
 
 def _conv_and_fc_params(net: nn.Module) -> int:
-    return sum(
-        p.numel() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) for p in m.parameters()
-    )
+    return sum(p.numel() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) for p in m.parameters())
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,6 @@ def sgd(lr: float = 0.1, **kwargs) -> functools.partial:
     return functools.partial(torch.optim.SGD, lr=lr, momentum=0.9, **kwargs)
 
 
-
 class FakeTrainer:
     """What configure_optimizers reads from the trainer to fill a schedule's length."""
 

@@ -16,16 +16,18 @@ from typing import Any
 def wandb_records(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every record of the run's ``run-*.wandb`` log, in order (``{"type": "history", "history": {...}}``)."""
     wandb = Path(sys.executable).with_name("wandb")
-    result = subprocess.run([str(wandb), "leet", "inspect", "--json", str(run_dir)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(wandb), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, f"wandb leet inspect {run_dir}: {result.stderr[-2000:]}"
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
 def config_updates(run_dir: str | Path) -> list[set[str]]:
     """The keys of every config update in the run, in order."""
-    return [set(record["config"].get("update") or {}) for record in wandb_records(run_dir)
-            if record.get("type") == "config"]
+    return [
+        set(record["config"].get("update") or {}) for record in wandb_records(run_dir) if record.get("type") == "config"
+    ]
 
 
 def read_wandb_run(run_dir: str | Path) -> dict[str, Any]:

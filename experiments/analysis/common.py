@@ -153,8 +153,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError names the global that weights_only refused
-        raise ValueError(f"{path}: cannot be read as a weights-only checkpoint ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0]})") from error
+        raise ValueError(
+            f"{path}: cannot be read as a weights-only checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0]})"
+        ) from error
 
 
 def build_from_config(config: Path, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
@@ -406,16 +408,23 @@ def resolve_device(device: str) -> str:
 def tool_parser(tool: str, doc: str) -> argparse.ArgumentParser:
     """The parser of ``ablate <tool>``: the module docstring's first paragraph as the description,
     the rest, verbatim, as the epilog."""
-    return argparse.ArgumentParser(prog=f"ablate {tool}", description=doc.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog=doc.split("\n\n", 1)[1])
+    return argparse.ArgumentParser(
+        prog=f"ablate {tool}",
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc.split("\n\n", 1)[1],
+    )
 
 
 def add_run_arguments(parser: Any) -> None:
     """The options every tool that loads a run shares."""
-    parser.add_argument("--checkpoint", choices=("tested", "best", "last"), default="tested",
-                        help="for a run directory: the model whose test error the run reported (a study run's "
-                             "final model, else the best checkpoint), the best checkpoint by val/acc, or last.ckpt")
+    parser.add_argument(
+        "--checkpoint",
+        choices=("tested", "best", "last"),
+        default="tested",
+        help="for a run directory: the model whose test error the run reported (a study run's "
+        "final model, else the best checkpoint), the best checkpoint by val/acc, or last.ckpt",
+    )
     parser.add_argument("--data-dir", default=None, help="data root replacing the one in the run's config")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     parser.add_argument("--batch-size", type=int, default=500, help="images per forward pass")
@@ -431,8 +440,14 @@ def progress_bar(total: int, description: str, disable: bool = False) -> Iterato
     from rich import progress as bar
     from rich.console import Console
 
-    columns = (bar.TextColumn("{task.description}"), bar.BarColumn(), bar.MofNCompleteColumn(),
-               bar.TimeElapsedColumn(), bar.TextColumn("eta"), bar.TimeRemainingColumn())
+    columns = (
+        bar.TextColumn("{task.description}"),
+        bar.BarColumn(),
+        bar.MofNCompleteColumn(),
+        bar.TimeElapsedColumn(),
+        bar.TextColumn("eta"),
+        bar.TimeRemainingColumn(),
+    )
     with bar.Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield lambda: progress.advance(task)

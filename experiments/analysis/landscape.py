@@ -188,16 +188,16 @@ def plot_contours(results: list[dict[str, Any]], path: Path, vmax: float) -> Pat
     for ax, result in zip(axes[0], results, strict=True):
         axis = result["axis"]
         grid_a, grid_b = np.meshgrid(axis, axis, indexing="ij")
-        lines = ax.contour(grid_a, grid_b, np.minimum(result["loss_2d"], vmax), levels=levels, cmap="viridis",
-                           linewidths=0.9)
+        lines = ax.contour(
+            grid_a, grid_b, np.minimum(result["loss_2d"], vmax), levels=levels, cmap="viridis", linewidths=0.9
+        )
         ax.clabel(lines, lines.levels[::4], fontsize=6, fmt="%.2f")
         ax.plot([0], [0], marker="*", color="crimson", markersize=9)
         ax.set_title(f"{result['label']}  (loss at θ: {result['origin_loss']:.3f})", fontsize=9)
         ax.set_xlabel("α (direction 1)")
         ax.set_ylabel("β (direction 2)")
         ax.set_aspect("equal")
-    fig.suptitle("Training loss around the trained weights, filter-normalised directions (Li et al. 2018)",
-                 fontsize=9)
+    fig.suptitle("Training loss around the trained weights, filter-normalised directions (Li et al. 2018)", fontsize=9)
     fig.tight_layout()
     return common.save_figure(fig, path)
 
@@ -212,8 +212,13 @@ def plot_curves(results: list[dict[str, Any]], path: Path, vmax: float) -> Path:
     for index, result in enumerate(results):
         colour = colours(index % 10)
         ax.plot(result["axis"], np.minimum(result["loss_1d"], vmax), color=colour, label=f"{result['label']} loss")
-        accuracy_axis.plot(result["axis"], 100 * np.asarray(result["acc_1d"]), color=colour, linestyle="--",
-                           label=f"{result['label']} accuracy")
+        accuracy_axis.plot(
+            result["axis"],
+            100 * np.asarray(result["acc_1d"]),
+            color=colour,
+            linestyle="--",
+            label=f"{result['label']} accuracy",
+        )
     ax.set_xlabel("α (direction 1)")
     ax.set_ylabel("training loss (subset)")
     accuracy_axis.set_ylabel("training accuracy (%, dashed)")
@@ -233,8 +238,9 @@ def plot_surfaces(results: list[dict[str, Any]], path: Path, vmax: float) -> Pat
     for index, result in enumerate(results, start=1):
         ax = fig.add_subplot(1, len(results), index, projection="3d")
         grid_a, grid_b = np.meshgrid(result["axis"], result["axis"], indexing="ij")
-        ax.plot_surface(grid_a, grid_b, np.minimum(result["loss_2d"], vmax), cmap="viridis", linewidth=0,
-                        antialiased=True)
+        ax.plot_surface(
+            grid_a, grid_b, np.minimum(result["loss_2d"], vmax), cmap="viridis", linewidth=0, antialiased=True
+        )
         ax.set_title(result["label"], fontsize=9)
         ax.set_xlabel("α")
         ax.set_ylabel("β")
@@ -250,12 +256,26 @@ def _rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         axis = result["axis"]
         if "loss_2d" in result:
             for i, j in np.ndindex(*result["loss_2d"].shape):
-                rows.append({"run": result["label"], "alpha": float(axis[i]), "beta": float(axis[j]),
-                             "loss": float(result["loss_2d"][i, j]), "acc": float(result["acc_2d"][i, j])})
+                rows.append(
+                    {
+                        "run": result["label"],
+                        "alpha": float(axis[i]),
+                        "beta": float(axis[j]),
+                        "loss": float(result["loss_2d"][i, j]),
+                        "acc": float(result["acc_2d"][i, j]),
+                    }
+                )
         else:
             for i, alpha in enumerate(axis):
-                rows.append({"run": result["label"], "alpha": float(alpha), "beta": 0.0,
-                             "loss": float(result["loss_1d"][i]), "acc": float(result["acc_1d"][i])})
+                rows.append(
+                    {
+                        "run": result["label"],
+                        "alpha": float(alpha),
+                        "beta": 0.0,
+                        "loss": float(result["loss_1d"][i]),
+                        "acc": float(result["acc_1d"][i]),
+                    }
+                )
     return rows
 
 
@@ -285,19 +305,28 @@ def main(argv: list[str] | None = None) -> int:
     runs = [common.load_run(path, args.checkpoint, args.data_dir, device) for path in args.runs]
     labels = common.unique_labels(runs)
     out = common.output_dir(args.out or runs[0].run_dir / "analysis")
-    points = args.steps ** args.dims
+    points = args.steps**args.dims
     results = []
     with common.progress_bar(len(runs) * points, "landscape", disable=args.no_progress) as advance:
         for run, label in zip(runs, labels, strict=True):
             run.label = label
-            results.append(landscape(run, args.steps, args.span, args.subset, args.seed, args.dims,
-                                     args.batch_size, progress=advance))
-    settings = {"steps": args.steps, "span": args.span, "subset": args.subset, "seed": args.seed,
-                "dims": args.dims, "loss": "the classifier's objective on the main head",
-                "directions": "Gaussian, filter-normalised (Li et al. 2018, Sec. 4); zero for 1-D parameters "
-                              "(BN scale/shift, biases)",
-                "batch_norm": "BN parameters not perturbed; running statistics as trained (eval mode)",
-                "data": "seeded subset of the training split, eval transforms"}
+            results.append(
+                landscape(
+                    run, args.steps, args.span, args.subset, args.seed, args.dims, args.batch_size, progress=advance
+                )
+            )
+    settings = {
+        "steps": args.steps,
+        "span": args.span,
+        "subset": args.subset,
+        "seed": args.seed,
+        "dims": args.dims,
+        "loss": "the classifier's objective on the main head",
+        "directions": "Gaussian, filter-normalised (Li et al. 2018, Sec. 4); zero for 1-D parameters "
+        "(BN scale/shift, biases)",
+        "batch_norm": "BN parameters not perturbed; running statistics as trained (eval mode)",
+        "data": "seeded subset of the training split, eval transforms",
+    }
     written = [
         common.write_json(out / f"{args.name}.json", {"settings": settings, "runs": results}),
         common.write_csv(out / f"{args.name}.csv", _rows(results)),
@@ -308,9 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.surface:
             written.append(plot_surfaces(results, out / f"{args.name}_3d.png", args.vmax))
     for result in results:
-        print(f"{result['label']}: loss at the trained weights {result['origin_loss']:.4f} "
-              f"(accuracy {100 * result['origin_acc']:.2f}%) on {result['subset']} training images; "
-              f"grid {args.steps}^{args.dims} over ±{args.span} in {result['seconds']:.0f} s")
+        print(
+            f"{result['label']}: loss at the trained weights {result['origin_loss']:.4f} "
+            f"(accuracy {100 * result['origin_acc']:.2f}%) on {result['subset']} training images; "
+            f"grid {args.steps}^{args.dims} over ±{args.span} in {result['seconds']:.0f} s"
+        )
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -157,8 +157,9 @@ def lesion_study(
         raise ValueError(f"--random-k {too_many[0]}: {run.label} has {len(removable)} removable units")
     device = next(network.parameters()).device
     dataset = common.split_dataset(run.datamodule, split)
-    data = common.cached_batches(run.datamodule, split, common.subset_indices(len(dataset), limit, None),
-                                 batch_size, device)
+    data = common.cached_batches(
+        run.datamodule, split, common.subset_indices(len(dataset), limit, None), batch_size, device
+    )
     tick = progress or (lambda: None)
 
     def error(deleted: Sequence[Unit]) -> float:
@@ -185,11 +186,27 @@ def lesion_study(
             picked = rng.sample(removable, k)
             errs.append(error(picked))
             chosen.append([unit.name for unit in picked])
-        sets.append({"k": k, "samples": samples, "err_mean": float(np.mean(errs)), "err_std": float(np.std(errs)),
-                     "errs": errs, "units": chosen})
-    return {"label": run.label, "run_dir": run.run_dir, "checkpoint": run.checkpoint, "split": split,
-            "images": sum(len(labels) for _, labels in data), "plain": not any(u.residual for u in units),
-            "err_none": base, "single": single, "random": sets}
+        sets.append(
+            {
+                "k": k,
+                "samples": samples,
+                "err_mean": float(np.mean(errs)),
+                "err_std": float(np.std(errs)),
+                "errs": errs,
+                "units": chosen,
+            }
+        )
+    return {
+        "label": run.label,
+        "run_dir": run.run_dir,
+        "checkpoint": run.checkpoint,
+        "split": split,
+        "images": sum(len(labels) for _, labels in data),
+        "plain": not any(u.residual for u in units),
+        "err_none": base,
+        "single": single,
+        "random": sets,
+    }
 
 
 def evaluations(run: common.LoadedRun, random_k: Sequence[int], samples: int) -> int:
@@ -210,27 +227,57 @@ def markdown(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {result['label']} | none | | {_fmt(result['err_none'])} | |")
         for row in result["single"]:
             delta = "" if row["delta"] is None else f"{row['delta']:+.2f}"
-            lines.append(f"| {result['label']} | {row['unit']} | {'yes' if row['downsampling'] else ''} | "
-                         f"{_fmt(row['err'])} | {delta} |")
+            lines.append(
+                f"| {result['label']} | {row['unit']} | {'yes' if row['downsampling'] else ''} | "
+                f"{_fmt(row['err'])} | {delta} |"
+            )
         for row in result["random"]:
             delta = row["err_mean"] - result["err_none"]
-            lines.append(f"| {result['label']} | random {row['k']} (x{row['samples']}) | | "
-                         f"{row['err_mean']:.2f} ± {row['err_std']:.2f} | {delta:+.2f} |")
+            lines.append(
+                f"| {result['label']} | random {row['k']} (x{row['samples']}) | | "
+                f"{row['err_mean']:.2f} ± {row['err_std']:.2f} | {delta:+.2f} |"
+            )
     return "\n".join(lines)
 
 
 def csv_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for result in results:
-        rows.append({"run": result["label"], "deleted": "none", "k": 0, "downsampling": "", "err": result["err_none"],
-                     "err_std": "", "delta": 0.0})
+        rows.append(
+            {
+                "run": result["label"],
+                "deleted": "none",
+                "k": 0,
+                "downsampling": "",
+                "err": result["err_none"],
+                "err_std": "",
+                "delta": 0.0,
+            }
+        )
         for row in result["single"]:
-            rows.append({"run": result["label"], "deleted": row["unit"], "k": 1, "downsampling": row["downsampling"],
-                         "err": row["err"], "err_std": "", "delta": row["delta"]})
+            rows.append(
+                {
+                    "run": result["label"],
+                    "deleted": row["unit"],
+                    "k": 1,
+                    "downsampling": row["downsampling"],
+                    "err": row["err"],
+                    "err_std": "",
+                    "delta": row["delta"],
+                }
+            )
         for row in result["random"]:
-            rows.append({"run": result["label"], "deleted": f"random {row['k']}", "k": row["k"], "downsampling": "",
-                         "err": row["err_mean"], "err_std": row["err_std"],
-                         "delta": row["err_mean"] - result["err_none"]})
+            rows.append(
+                {
+                    "run": result["label"],
+                    "deleted": f"random {row['k']}",
+                    "k": row["k"],
+                    "downsampling": "",
+                    "err": row["err_mean"],
+                    "err_std": row["err_std"],
+                    "delta": row["err_mean"] - result["err_none"],
+                }
+            )
     return rows
 
 
@@ -249,8 +296,13 @@ def plot(results: list[dict[str, Any]], path: Any) -> Any:
         for bar, row in zip(bars, result["single"], strict=True):
             if row["err"] is None:
                 ax.text(bar.get_x() + bar.get_width() / 2, 2, "n/a", ha="center", fontsize=6, rotation=90)
-        ax.axhline(result["err_none"], color="black", linestyle="--", linewidth=1,
-                   label=f"none deleted: {result['err_none']:.1f}%")
+        ax.axhline(
+            result["err_none"],
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"none deleted: {result['err_none']:.1f}%",
+        )
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
         ax.set_ylim(0, 100)
         ax.set_ylabel(f"{result['split']} error (%)")
@@ -283,8 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", help="run directories or checkpoints (several: side by side)")
     parser.add_argument("--split", choices=("test", "val", "train"), default="test", help="split evaluated")
     parser.add_argument("--limit", type=int, default=0, help="only the first N images of the split (0 = all)")
-    parser.add_argument("--random-k", type=int, nargs="*", default=[], metavar="K",
-                        help="also delete random sets of K units (one or more sizes)")
+    parser.add_argument(
+        "--random-k",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="K",
+        help="also delete random sets of K units (one or more sizes)",
+    )
     parser.add_argument("--samples", type=int, default=10, help="random sets drawn per K")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random sets")
     parser.add_argument("--name", default="lesion", help="file name prefix")
@@ -307,12 +365,24 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with common.progress_bar(total, "lesion", disable=args.no_progress) as advance:
         for run in runs:
-            results.append(lesion_study(run, args.split, args.limit, args.random_k, args.samples, args.seed,
-                                        args.batch_size, progress=advance))
+            results.append(
+                lesion_study(
+                    run,
+                    args.split,
+                    args.limit,
+                    args.random_k,
+                    args.samples,
+                    args.seed,
+                    args.batch_size,
+                    progress=advance,
+                )
+            )
     print(markdown(results))
-    written = [common.write_json(out / f"{args.name}.json", {"results": results}),
-               common.write_csv(out / f"{args.name}.csv", csv_rows(results)),
-               plot(results, out / f"{args.name}.png")]
+    written = [
+        common.write_json(out / f"{args.name}.json", {"results": results}),
+        common.write_csv(out / f"{args.name}.csv", csv_rows(results)),
+        plot(results, out / f"{args.name}.png"),
+    ]
     for path in written:
         print(f"wrote {path}")
     return 0

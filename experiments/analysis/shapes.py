@@ -212,7 +212,8 @@ def layer_table(
             "params": count_params(module),
             "macs": flops // 2,
             "formula": _formula(module, [1, *in_shape], [1, *out_shape])
-            if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) else "",
+            if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))
+            else "",
         }
         rows.append(row)
 
@@ -251,8 +252,13 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 
 def conv_arithmetic(
-    input_hwc: str, out_chs: int, kernel: int, stride: int = 1, padding: int | None = None,
-    bottleneck: int | None = None, bias: bool = False,
+    input_hwc: str,
+    out_chs: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int | None = None,
+    bottleneck: int | None = None,
+    bias: bool = False,
 ) -> dict[str, Any]:
     """The Inception lecture's cost of a convolution, with or without a 1x1 bottleneck first.
 
@@ -281,14 +287,16 @@ def conv_arithmetic(
         closed_form = h_out * w_out * c_out * k_h * k_w * layer.in_channels
         if closed_form != row["macs"]:  # the flop counter and H·W·C_out·k·k·C_in must agree
             raise AssertionError(f"flop counter {row['macs']} != closed form {closed_form}")
-        rows.append({
-            "layer": f"{k_h}x{k_w} conv, {layer.out_channels}",
-            "input": _hwc(current),
-            "output": _hwc(row["output"]),
-            "params": row["params"],
-            "macs": row["macs"],
-            "product": f"{h_out}·{w_out}·{c_out}·{k_h}·{k_w}·{layer.in_channels}",
-        })
+        rows.append(
+            {
+                "layer": f"{k_h}x{k_w} conv, {layer.out_channels}",
+                "input": _hwc(current),
+                "output": _hwc(row["output"]),
+                "params": row["params"],
+                "macs": row["macs"],
+                "product": f"{h_out}·{w_out}·{c_out}·{k_h}·{k_w}·{layer.in_channels}",
+            }
+        )
         current = row["output"]
     result = {"input": input_hwc, "rows": rows, "macs": table["macs"], "params": table["params"]}
     if bottleneck:
@@ -317,9 +325,15 @@ def stack_arithmetic(spec: str, chs: int | None = None, size: int = 64) -> dict[
     width = chs or 1
     network = nn.Sequential(*(nn.Conv2d(width, width, k, s, k // 2, bias=False) for k, s in layers))
     table = layer_table(network, (width, size, size))
-    rows = [{"layer": f"{k}x{k} conv" + (f", stride {s}" if s > 1 else ""), "rf": row["rf"][0],
-             "jump": row["jump"][0], "params": row["params"] if chs else None}
-            for (k, s), row in zip(layers, table["rows"], strict=True)]
+    rows = [
+        {
+            "layer": f"{k}x{k} conv" + (f", stride {s}" if s > 1 else ""),
+            "rf": row["rf"][0],
+            "jump": row["jump"][0],
+            "params": row["params"] if chs else None,
+        }
+        for (k, s), row in zip(layers, table["rows"], strict=True)
+    ]
     result: dict[str, Any] = {"stack": spec, "rows": rows, "rf": rows[-1]["rf"], "jump": rows[-1]["jump"]}
     if chs:
         result["params"] = table["params"]
@@ -331,25 +345,36 @@ def stack_arithmetic(spec: str, chs: int | None = None, size: int = 64) -> dict[
 
 
 def markdown(table: dict[str, Any], title: str) -> str:
-    lines = [f"{title}: input {'x'.join(map(str, table['input']))} (CxHxW)", "",
-             "| layer | type | output (CxHxW) | RF | jump | params | multiply-adds | o = ⌊(i+2p−k)/s⌋+1 |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"{title}: input {'x'.join(map(str, table['input']))} (CxHxW)",
+        "",
+        "| layer | type | output (CxHxW) | RF | jump | params | multiply-adds | o = ⌊(i+2p−k)/s⌋+1 |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     for row in table["rows"]:
         rf = _size(tuple(row["rf"])) if row["rf"] else ""
         jump = _size(tuple(row["jump"])) if row["jump"] else ""
-        lines.append(f"| {row['layer']} | {row['type']} | {'x'.join(map(str, row['output']))} | {rf} | {jump} | "
-                     f"{row['params']:,} | {row['macs']:,} | {row['formula']} |")
-    lines.append(f"| **total** | | {'x'.join(map(str, table['output']))} | | | **{table['params']:,}** | "
-                 f"**{table['macs']:,}** | |")
+        lines.append(
+            f"| {row['layer']} | {row['type']} | {'x'.join(map(str, row['output']))} | {rf} | {jump} | "
+            f"{row['params']:,} | {row['macs']:,} | {row['formula']} |"
+        )
+    lines.append(
+        f"| **total** | | {'x'.join(map(str, table['output']))} | | | **{table['params']:,}** | "
+        f"**{table['macs']:,}** | |"
+    )
     return "\n".join(lines)
 
 
 def arithmetic_markdown(result: dict[str, Any]) -> str:
-    lines = ["| layer | input (HxWxC) | output | params | multiply-adds | = |",
-             "| --- | --- | --- | ---: | ---: | --- |"]
+    lines = [
+        "| layer | input (HxWxC) | output | params | multiply-adds | = |",
+        "| --- | --- | --- | ---: | ---: | --- |",
+    ]
     for row in result["rows"]:
-        lines.append(f"| {row['layer']} | {row['input']} | {row['output']} | {row['params']:,} | {row['macs']:,} | "
-                     f"{row['product']} |")
+        lines.append(
+            f"| {row['layer']} | {row['input']} | {row['output']} | {row['params']:,} | {row['macs']:,} | "
+            f"{row['product']} |"
+        )
     lines.append(f"\ntotal multiply-adds: {result['macs']:,} (parameters: {result['params']:,})")
     if "without_bottleneck" in result:
         naive = result["without_bottleneck"]["macs"]
@@ -364,8 +389,10 @@ def stack_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['layer']} | {row['rf']}x{row['rf']} | {row['jump']} | {params} |")
     summary = f"\n{len(result['rows'])} stacked: receptive field {result['rf']}x{result['rf']}, jump {result['jump']}"
     if "params" in result:
-        summary += (f"; {result['params']:,} weights against {result['single_conv_params']:,} for one "
-                    f"{result['rf']}x{result['rf']} convolution")
+        summary += (
+            f"; {result['params']:,} weights against {result['single_conv_params']:,} for one "
+            f"{result['rf']}x{result['rf']} convolution"
+        )
     return "\n".join(lines) + summary
 
 
@@ -416,8 +443,12 @@ def plot_arithmetic(result: dict[str, Any], path: Path) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = common.tool_parser("shapes", __doc__)
     parser.add_argument("target", nargs="?", help="registered architecture name, run directory or checkpoint")
-    parser.add_argument("--input", default=None, metavar="CxHxW", help="input size (default: the network's native "
-                        "size, or the run's data)")
+    parser.add_argument(
+        "--input",
+        default=None,
+        metavar="CxHxW",
+        help="input size (default: the network's native size, or the run's data)",
+    )
     parser.add_argument("--depth", type=int, default=None, help="rows for modules this deep (1: the children)")
     parser.add_argument("--all", action="store_true", help="every leaf module call, not only the layers")
     parser.add_argument("--format", choices=("md", "csv", "json"), default="md", help="stdout format")
@@ -463,8 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     out = common.output_dir(args.out) if args.out else None
     if args.conv or args.stack:
         if args.conv:
-            result = conv_arithmetic(args.conv, args.out_chs, args.kernel, args.stride, args.padding,
-                                     args.bottleneck)
+            result = conv_arithmetic(args.conv, args.out_chs, args.kernel, args.stride, args.padding, args.bottleneck)
             text, rows = arithmetic_markdown(result), result["rows"]
         else:
             result = stack_arithmetic(args.stack, args.chs)
@@ -479,9 +509,15 @@ def main(argv: list[str] | None = None) -> int:
     network, size, title = _network(args.target, args.input)
     table = layer_table(network, size, args.depth, args.all)
     table["network"] = title
-    csv_rows = [{**row, "output": "x".join(map(str, row["output"])),
-                 "rf": "x".join(map(str, row["rf"] or [])), "jump": "x".join(map(str, row["jump"] or []))}
-                for row in table["rows"]]
+    csv_rows = [
+        {
+            **row,
+            "output": "x".join(map(str, row["output"])),
+            "rf": "x".join(map(str, row["rf"] or [])),
+            "jump": "x".join(map(str, row["jump"] or [])),
+        }
+        for row in table["rows"]
+    ]
     if args.format == "md":
         print(markdown(table, title))
     elif args.format == "json":

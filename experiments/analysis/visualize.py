@@ -62,8 +62,11 @@ def linear_head(network: nn.Module, features: torch.Tensor, logits: torch.Tensor
     features, reproduces ``logits``; None if no linear layer does."""
     pooled = features.mean(dim=(2, 3))
     for module in reversed(list(network.modules())):
-        if (isinstance(module, nn.Linear) and module.in_features == features.shape[1]
-                and module.out_features == logits.shape[1]):
+        if (
+            isinstance(module, nn.Linear)
+            and module.in_features == features.shape[1]
+            and module.out_features == logits.shape[1]
+        ):
             if torch.allclose(module(pooled), logits, rtol=1e-3, atol=1e-4):
                 return module.weight.detach()
     return None
@@ -84,10 +87,11 @@ def class_activation_maps(network: nn.Module, images: torch.Tensor) -> tuple[tor
     logits = network.forward_head(features)
     logits = logits.logits if hasattr(logits, "logits") else logits
     if features.dim() != 4:
-        raise ValueError(f"no class activation maps for {name}: forward_features returns shape "
-                         f"{tuple(features.shape)}, not feature maps")
-    if features.shape[1] == logits.shape[1] and torch.allclose(features.mean(dim=(2, 3)), logits, rtol=1e-3,
-                                                                atol=1e-4):
+        raise ValueError(
+            f"no class activation maps for {name}: forward_features returns shape "
+            f"{tuple(features.shape)}, not feature maps"
+        )
+    if features.shape[1] == logits.shape[1] and torch.allclose(features.mean(dim=(2, 3)), logits, rtol=1e-3, atol=1e-4):
         return features, logits, "class_maps"
     weight = linear_head(network, features, logits)
     if weight is None:
@@ -107,8 +111,9 @@ def _unit(maps: torch.Tensor) -> torch.Tensor:
 def displayable(images: torch.Tensor) -> torch.Tensor:
     """Loader images as ``(N, H, W, 3 or 1)`` floats in [0, 1]: uint8 / 255, anything else rescaled."""
     images = images.detach().cpu()
-    shown = images.float() / 255 if images.dtype == torch.uint8 else _unit(images.float().flatten(1, 2)).view(
-        images.shape)
+    shown = (
+        images.float() / 255 if images.dtype == torch.uint8 else _unit(images.float().flatten(1, 2)).view(images.shape)
+    )
     return shown.permute(0, 2, 3, 1)
 
 
@@ -120,16 +125,26 @@ def plot_filters(weight: torch.Tensor, title: str, path: Path) -> Path:
     columns = math.ceil(math.sqrt(len(tiles)))
     grid = make_grid(tiles, nrow=columns, padding=1, pad_value=1.0).permute(1, 2, 0).numpy()
     fig, ax = plt.subplots(figsize=(4.2, 4.4))
-    ax.imshow(grid if tiles.shape[1] == 3 else grid[..., 0], cmap=None if tiles.shape[1] == 3 else "gray",
-              interpolation="nearest")
+    ax.imshow(
+        grid if tiles.shape[1] == 3 else grid[..., 0],
+        cmap=None if tiles.shape[1] == 3 else "gray",
+        interpolation="nearest",
+    )
     ax.set_axis_off()
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return common.save_figure(fig, path)
 
 
-def plot_cams(shown: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
-              classes: list[str], title: str, path: Path) -> Path:
+def plot_cams(
+    shown: torch.Tensor,
+    maps: torch.Tensor,
+    labels: torch.Tensor,
+    probs: torch.Tensor,
+    classes: list[str],
+    title: str,
+    path: Path,
+) -> Path:
     """Columns are images; rows: the image, the map of the predicted class, the map of the true class."""
     plt = common.pyplot()
     count = len(shown)
@@ -141,9 +156,11 @@ def plot_cams(shown: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, pro
         image = shown[column].numpy()
         image = image[..., 0] if image.shape[-1] == 1 else image
         pred, true = int(predicted[column]), int(labels[column])
-        panels = [(None, f"{classes[true]}"),
-                  (pred, f"pred {classes[pred]} {100 * float(probs[column, pred]):.0f}%"),
-                  (true, f"true {classes[true]} {100 * float(probs[column, true]):.0f}%")]
+        panels = [
+            (None, f"{classes[true]}"),
+            (pred, f"pred {classes[pred]} {100 * float(probs[column, pred]):.0f}%"),
+            (true, f"true {classes[true]} {100 * float(probs[column, true]):.0f}%"),
+        ]
         for row, (class_index, caption) in enumerate(panels):
             ax = axes[row][column]
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="bilinear")
@@ -164,8 +181,15 @@ def log_to_wandb(pictures: dict[str, Path], summary: dict[str, Any], out: Path, 
     from lightning_modules.loggers import wandb_credentials_available
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
-    run = wandb.init(project=project, name=name, job_type="analysis", dir=str(Path(out).resolve()), mode=mode,
-                     config=common.plain(summary), reinit="finish_previous")
+    run = wandb.init(
+        project=project,
+        name=name,
+        job_type="analysis",
+        dir=str(Path(out).resolve()),
+        mode=mode,
+        config=common.plain(summary),
+        reinit="finish_previous",
+    )
     try:
         run.log({f"visualize/{key}": wandb.Image(str(path)) for key, path in pictures.items()})
         return str(Path(run.dir).parent)
@@ -197,13 +221,23 @@ def main(argv: list[str] | None = None) -> int:
     out = common.output_dir(args.out or run.run_dir / "analysis")
     layer, conv = first_conv(network, args.layer)
     summary: dict[str, Any] = {
-        "run": run.label, "run_dir": run.run_dir, "checkpoint": run.checkpoint,
-        "filters": {"layer": layer, "shape": list(conv.weight.shape),
-                    "norms": conv.weight.detach().flatten(1).norm(dim=1).tolist()},
+        "run": run.label,
+        "run_dir": run.run_dir,
+        "checkpoint": run.checkpoint,
+        "filters": {
+            "layer": layer,
+            "shape": list(conv.weight.shape),
+            "norms": conv.weight.detach().flatten(1).norm(dim=1).tolist(),
+        },
     }
-    pictures = {"filters": plot_filters(
-        conv.weight, f"{run.label}: {layer}, {conv.out_channels} filters "
-        f"{conv.kernel_size[0]}x{conv.kernel_size[1]}x{conv.in_channels}", out / f"{args.name}_filters.png")}
+    pictures = {
+        "filters": plot_filters(
+            conv.weight,
+            f"{run.label}: {layer}, {conv.out_channels} filters "
+            f"{conv.kernel_size[0]}x{conv.kernel_size[1]}x{conv.in_channels}",
+            out / f"{args.name}_filters.png",
+        )
+    }
     if not args.no_cam:
         dataset = common.split_dataset(run.datamodule, args.split)
         indices = common.subset_indices(len(dataset), args.images, None if args.seed < 0 else args.seed)
@@ -219,14 +253,27 @@ def main(argv: list[str] | None = None) -> int:
         labels = labels.cpu()
         source = "classifier-weighted features" if kind == "linear" else "the last convolution's class maps"
         pictures["cam"] = plot_cams(
-            displayable(raw), maps, labels, probs, classes,
+            displayable(raw),
+            maps,
+            labels,
+            probs,
+            classes,
             f"{run.label}: class activation maps ({source}) of the predicted (middle) and true class (bottom)",
-            out / f"{args.name}_cam.png")
+            out / f"{args.name}_cam.png",
+        )
         summary["cam"] = {
-            "kind": kind, "split": args.split, "map_size": list(maps.shape[-2:]),
-            "images": [{"index": int(index), "label": classes[int(label)], "predicted": classes[int(p.argmax())],
-                        "probability": float(p.max())}
-                       for index, label, p in zip(positions, labels, probs, strict=True)],
+            "kind": kind,
+            "split": args.split,
+            "map_size": list(maps.shape[-2:]),
+            "images": [
+                {
+                    "index": int(index),
+                    "label": classes[int(label)],
+                    "predicted": classes[int(p.argmax())],
+                    "probability": float(p.max()),
+                }
+                for index, label, p in zip(positions, labels, probs, strict=True)
+            ],
         }
     summary["pictures"] = {key: path.name for key, path in pictures.items()}
     if args.wandb:

@@ -92,8 +92,13 @@ def plot(rows: list[dict], path: str) -> None:
     colours = plt.get_cmap("tab20")
     for index, family in enumerate(families):
         members = [row for row in rows if row["family"] == family and row["macs"]]
-        ax.scatter([r["macs"] / 1e9 for r in members], [r["params"] / 1e6 for r in members],
-                   color=colours(index % 20), label=family, s=30)
+        ax.scatter(
+            [r["macs"] / 1e9 for r in members],
+            [r["params"] / 1e6 for r in members],
+            color=colours(index % 20),
+            label=family,
+            s=30,
+        )
         for row in members:
             ax.annotate(row["name"], (row["macs"] / 1e9, row["params"] / 1e6), fontsize=6, alpha=0.8)
     ax.set_xscale("log")
@@ -124,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = zoo_rows(args.pattern, args.family, with_macs=not args.no_macs)
     if not rows:  # an error in ablate's one-line form, like every other (docs/reliability.md, "One line, always")
         family = f" in --family {args.family!r}" if args.family else ""
-        raise KeyError(f"no registered network matches --pattern {args.pattern!r}{family} "
-                       f"(of {len(architectures.list_models())}); `ablate zoo` lists them all")
+        raise KeyError(
+            f"no registered network matches --pattern {args.pattern!r}{family} "
+            f"(of {len(architectures.list_models())}); `ablate zoo` lists them all"
+        )
     text = {"md": _markdown, "csv": _csv, "json": lambda r: json.dumps(r, indent=2)}[args.format](rows)
     print(text)
     if args.plot:

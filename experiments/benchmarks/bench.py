@@ -36,8 +36,12 @@ def markdown(result: dict) -> str:
     # The union of the rows' keys, in order: an error row has fewer, a row with MFU one more.
     columns = list(dict.fromkeys(key for row in rows for key in row if not key.startswith("runs_")))
     columns = [c for c in columns if c != "error"] + ["error"] * ("error" in columns)
-    lines = [f"### {result['benchmark']} — {result['machine']}", "",
-             "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines = [
+        f"### {result['benchmark']} — {result['machine']}",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + " --- |" * len(columns),
+    ]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     if result.get("note"):
         lines += ["", result["note"]]
@@ -56,14 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="which", required=True)
     parsers = [overhead.add_parser(sub), throughput.add_parser(sub), time_to_acc.add_parser(sub)]
     # Listed for --help only: main hands "data ..." to the data benchmark before parsing.
-    sub.add_parser("data", help="loader images/s vs training images/s: MNIST, CIFAR-10, a JPEG folder "
-                   "(experiments/benchmarks/data.py)", add_help=False)
+    sub.add_parser(
+        "data",
+        help="loader images/s vs training images/s: MNIST, CIFAR-10, a JPEG folder (experiments/benchmarks/data.py)",
+        add_help=False,
+    )
     for sp in parsers:
         sp.add_argument("--format", choices=("md", "json"), default="md", help="what to print")
         sp.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    run = {"overhead": overhead.bench_overhead, "throughput": throughput.bench_throughput,
-           "time-to-acc": time_to_acc.bench_time_to_acc}[args.which]
+    run = {
+        "overhead": overhead.bench_overhead,
+        "throughput": throughput.bench_throughput,
+        "time-to-acc": time_to_acc.bench_time_to_acc,
+    }[args.which]
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the figures alone (e.g. into jq)
         result = run(args)
     print(json.dumps(result, indent=2) if args.format == "json" else markdown(result))

@@ -354,8 +354,9 @@ def folder_section(args: argparse.Namespace, scratch: Path, training: TrainingRa
         "crop_size": crop,
         "loader_images_per_s": rates,
     }
-    return finish_section(section, training(args.folder_network or folder_network(crop), batch_size,
-                                            (3, crop, crop), num_classes))
+    return finish_section(
+        section, training(args.folder_network or folder_network(crop), batch_size, (3, crop, crop), num_classes)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,18 +371,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: mnist, cifar, folder")
     parser.add_argument("--mnist-dir", default=str(SHARED_DATA), help="folder holding MNIST/raw/; synthetic if missing")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="CIFAR-10 source; synthetic if missing")
-    parser.add_argument("--folder-dir", default=str(DEFAULT_DATA),
-                        help="image-folder tree train/<class>/* + test/ (or val/); synthetic JPEGs if missing")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="every section's batch (default: MNIST 64, CIFAR 128, folder 128)")
+    parser.add_argument(
+        "--folder-dir",
+        default=str(DEFAULT_DATA),
+        help="image-folder tree train/<class>/* + test/ (or val/); synthetic JPEGs if missing",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="every section's batch (default: MNIST 64, CIFAR 128, folder 128)"
+    )
     parser.add_argument("--batches", type=int, default=50, help="loader batches timed per pipeline")
     parser.add_argument("--steps", type=int, default=10, help="training steps timed per network")
     parser.add_argument("--presets", default=",".join(BATCH_PRESETS), help="CIFAR batch presets, comma-separated")
     parser.add_argument("--mnist-presets", default="none,shift", help="MNIST presets, comma-separated")
     parser.add_argument("--folder-presets", default="imagenet", help="per-image presets of the JPEG folder")
     parser.add_argument("--folder-crop", type=int, default=32, help="training crop of the JPEG folder, in pixels")
-    parser.add_argument("--folder-network", default=None,
-                        help="network the folder feeds (default resnet20 up to 64 px crops, else resnet18)")
+    parser.add_argument(
+        "--folder-network",
+        default=None,
+        help="network the folder feeds (default resnet20 up to 64 px crops, else resnet18)",
+    )
     parser.add_argument("--num-workers", type=int, default=2, help="decoding workers of the JPEG folder")
     parser.add_argument("--skip-decode", action="store_true", help="do not time CIFAR decoding from scratch")
     parser.add_argument("--format", choices=("md", "json"), default="md", help="what to print")

@@ -28,8 +28,11 @@ def cifar_dir(data_dir: Path | None) -> Path:
 
     if data_dir is not None:
         return Path(data_dir)
-    return REAL_CIFAR if REAL_CIFAR.is_dir() else write_cifar10_pickles(
-        Path(tempfile.mkdtemp()), per_batch=2000, num_test=1000)
+    return (
+        REAL_CIFAR
+        if REAL_CIFAR.is_dir()
+        else write_cifar10_pickles(Path(tempfile.mkdtemp()), per_batch=2000, num_test=1000)
+    )
 
 
 @functools.cache  # once per side's process: every repeat of the plain loop reads the same batches
@@ -98,23 +101,40 @@ def project_fit(net_name: str, data_dir: Path, batch_size: int, steps: int, warm
             timer.step_done()
 
     with tempfile.TemporaryDirectory() as workdir:
-        cli = run_lightning_cli([
-            "--model.network=architectures.ZooModel", f"--model.network.init_args.name={net_name}",
-            '--model.optimizer={"class_path": "torch.optim.SGD", "init_args": '
-            '{"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4}}',
-            "--data=datamodules.CIFAR10DataModule", f"--data.init_args.data_dir={data_dir}",
-            f"--data.init_args.batch_size={batch_size}", "--data.init_args.download=false",
-            "--data.init_args.val_size=0",
-            f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
-            "--trainer.num_sanity_val_steps=0", "--trainer.accelerator=cpu", "--trainer.devices=1",
-            f"--trainer.default_root_dir={workdir}", f"--seed_everything={seed}",
-            "--speed=off",  # fp32 and contiguous, as the plain loop: this compares the loops' cost alone
-            # The default CSV + TensorBoard loggers, pointed at a temporary folder.
-            "--trainer.logger=" + json.dumps([
-                {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": workdir}},
-                {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                 "init_args": {"save_dir": workdir, "sub_dir": "tensorboard"}}]),
-        ], run=False)
+        cli = run_lightning_cli(
+            [
+                "--model.network=architectures.ZooModel",
+                f"--model.network.init_args.name={net_name}",
+                '--model.optimizer={"class_path": "torch.optim.SGD", "init_args": '
+                '{"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4}}',
+                "--data=datamodules.CIFAR10DataModule",
+                f"--data.init_args.data_dir={data_dir}",
+                f"--data.init_args.batch_size={batch_size}",
+                "--data.init_args.download=false",
+                "--data.init_args.val_size=0",
+                f"--trainer.max_steps={steps}",
+                "--trainer.max_epochs=-1",
+                "--trainer.limit_val_batches=0",
+                "--trainer.num_sanity_val_steps=0",
+                "--trainer.accelerator=cpu",
+                "--trainer.devices=1",
+                f"--trainer.default_root_dir={workdir}",
+                f"--seed_everything={seed}",
+                "--speed=off",  # fp32 and contiguous, as the plain loop: this compares the loops' cost alone
+                # The default CSV + TensorBoard loggers, pointed at a temporary folder.
+                "--trainer.logger="
+                + json.dumps(
+                    [
+                        {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": workdir}},
+                        {
+                            "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                            "init_args": {"save_dir": workdir, "sub_dir": "tensorboard"},
+                        },
+                    ]
+                ),
+            ],
+            run=False,
+        )
         cli.trainer.callbacks.append(Timing())
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return timer.images_per_s(batch_size)
@@ -124,17 +144,36 @@ def bench_overhead(args: argparse.Namespace) -> dict:
     data_dir = cifar_dir(args.data_dir)
     rows = []
     for net_name in args.networks.split(","):
-        results = interleaved({
-            "plain": functools.partial(plain_loop, net_name, data_dir, args.batch_size, args.steps, args.warmup, 0),
-            "ablate": functools.partial(project_fit, net_name, data_dir, args.batch_size, args.steps, args.warmup, 0),
-        }, args.repeats)
+        results = interleaved(
+            {
+                "plain": functools.partial(plain_loop, net_name, data_dir, args.batch_size, args.steps, args.warmup, 0),
+                "ablate": functools.partial(
+                    project_fit, net_name, data_dir, args.batch_size, args.steps, args.warmup, 0
+                ),
+            },
+            args.repeats,
+        )
         plain, ours = statistics.median(results["plain"]), statistics.median(results["ablate"])
-        rows.append({"network": net_name, "plain_img_s": plain, "ablate_img_s": ours, "ratio": ours / plain,
-                     "runs_plain": results["plain"], "runs_ablate": results["ablate"]})
-    return {"benchmark": "overhead", "machine": machine(), "steps": args.steps, "warmup": args.warmup,
-            "batch_size": args.batch_size, "repeats": args.repeats, "rows": rows,
-            "command": "ablate bench overhead " + " ".join(sys.argv[3:])}
-
+        rows.append(
+            {
+                "network": net_name,
+                "plain_img_s": plain,
+                "ablate_img_s": ours,
+                "ratio": ours / plain,
+                "runs_plain": results["plain"],
+                "runs_ablate": results["ablate"],
+            }
+        )
+    return {
+        "benchmark": "overhead",
+        "machine": machine(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "rows": rows,
+        "command": "ablate bench overhead " + " ".join(sys.argv[3:]),
+    }
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -86,4 +86,3 @@ def interleaved(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, 
             process.join(timeout=30)
             if process.is_alive():
                 process.kill()
-

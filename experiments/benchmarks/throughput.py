@@ -37,25 +37,44 @@ import torch.nn.functional as F
 VARIANTS = ("fp32", "fp32-cl", "bf16", "bf16-cl", "bf16-cl-compile", "auto")
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
-                    "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "RTX 4090": 165.0, "RTX 3090": 71.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser("throughput", help="train/inference images/s, peak memory, MFU per architecture",
-                            description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pattern", default="*",
-                        help="which registered networks: globs as in `ablate zoo`, comma-separated")
+    parser = sub.add_parser(
+        "throughput",
+        help="train/inference images/s, peak memory, MFU per architecture",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--pattern", default="*", help="which registered networks: globs as in `ablate zoo`, comma-separated"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--variants", default=None,
-                        help=f"comma list of {', '.join(VARIANTS)} (default: fp32 on CPU, all on CUDA)")
+    parser.add_argument(
+        "--variants", default=None, help=f"comma list of {', '.join(VARIANTS)} (default: fp32 on CPU, all on CUDA)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 128 on CUDA")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation, allocator)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="rounds over the variants, taking turns; each row is its best round")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's dense bf16 peak, for MFU (default: looked up by GPU name)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds over the variants, taking turns; each row is its best round"
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense bf16 peak, for MFU (default: looked up by GPU name)",
+    )
     return parser
 
 
@@ -85,8 +104,11 @@ class _PeakMemory:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.baseline = (torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda"
-                         else _rss_mb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        self.baseline = (
+            torch.cuda.memory_allocated(device) / 2**20
+            if device.type == "cuda"
+            else _rss_mb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
 
     def peak_mb(self) -> float:
         if self.device.type == "cuda":
@@ -161,17 +183,26 @@ def measure(job: Job) -> dict:
     peak_infer = memory.peak_mb()
     net.train()
     train_s, train_warmup_s = _timed(train_step, job.steps, job.warmup, device)
-    return {"train_img_s": job.steps * job.batch_size / train_s, "infer_img_s": job.steps * job.batch_size / infer_s,
-            "warmup_s": infer_warmup_s + train_warmup_s,
-            "params": params, "peak_train_mb": memory.peak_mb(), "peak_infer_mb": peak_infer}
+    return {
+        "train_img_s": job.steps * job.batch_size / train_s,
+        "infer_img_s": job.steps * job.batch_size / infer_s,
+        "warmup_s": infer_warmup_s + train_warmup_s,
+        "params": params,
+        "peak_train_mb": memory.peak_mb(),
+        "peak_infer_mb": peak_infer,
+    }
 
 
 def _run_in_child(measure_fn, job: Job, sender) -> None:
     try:
         sender.send(measure_fn(job))
     except BaseException as error:  # noqa: BLE001 - reported as the row's error, e.g. out of memory
-        sender.send({"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200],
-                     "traceback": traceback.format_exc()})
+        sender.send(
+            {
+                "error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200],
+                "traceback": traceback.format_exc(),
+            }
+        )
 
 
 def run_isolated(job: Job, measure_fn=measure) -> dict:
@@ -234,23 +265,49 @@ def bench_throughput(args: argparse.Namespace) -> dict:
                     best[variant] = result
         for variant in variants:
             result = best[variant]
-            row = {"network": name, "variant": variant, "input": "x".join(map(str, model_info(name).input_size)),
-                   "macs": macs, **({"auto_is": auto_variant(device_type)} if variant == "auto" else {})}
+            row = {
+                "network": name,
+                "variant": variant,
+                "input": "x".join(map(str, model_info(name).input_size)),
+                "macs": macs,
+                **({"auto_is": auto_variant(device_type)} if variant == "auto" else {}),
+            }
             if "error" in result:
                 rows.append({**row, "error": result["error"]})
                 print(result.get("traceback", result["error"]), file=sys.stderr)
                 continue
             tflops = 6 * macs * result["train_img_s"] / 1e12
-            rows.append({**row, "params": result["params"], "train_img_s": result["train_img_s"],
-                         "infer_img_s": result["infer_img_s"], "train_tflops": tflops,
-                         **({"mfu": tflops / peak} if peak else {}),
-                         "peak_train_mb": result["peak_train_mb"], "peak_infer_mb": result["peak_infer_mb"],
-                         "warmup_s": result["warmup_s"]})
-    return {"benchmark": "throughput", "machine": machine(), "device": args.device, "batch_size": batch_size,
-            "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-            "peak_tflops": peak, "peak_source": peak_source,
-            "rows": rows,
-            "note": ("each row in a fresh process; peak memory is what the network added to that process: "
-                     + ("the CUDA allocator's peak" if on_cuda else
-                        "the RSS high-water mark over the RSS before the network was built, which includes "
-                        "torch's kernel code paged in on first use (tens of MB)"))}
+            rows.append(
+                {
+                    **row,
+                    "params": result["params"],
+                    "train_img_s": result["train_img_s"],
+                    "infer_img_s": result["infer_img_s"],
+                    "train_tflops": tflops,
+                    **({"mfu": tflops / peak} if peak else {}),
+                    "peak_train_mb": result["peak_train_mb"],
+                    "peak_infer_mb": result["peak_infer_mb"],
+                    "warmup_s": result["warmup_s"],
+                }
+            )
+    return {
+        "benchmark": "throughput",
+        "machine": machine(),
+        "device": args.device,
+        "batch_size": batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "peak_tflops": peak,
+        "peak_source": peak_source,
+        "rows": rows,
+        "note": (
+            "each row in a fresh process; peak memory is what the network added to that process: "
+            + (
+                "the CUDA allocator's peak"
+                if on_cuda
+                else "the RSS high-water mark over the RSS before the network was built, which includes "
+                "torch's kernel code paged in on first use (tens of MB)"
+            )
+        ),
+    }

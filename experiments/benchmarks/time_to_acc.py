@@ -96,22 +96,32 @@ class _Clock:
 
     def result(self) -> dict:
         reached = next((i for i, acc in enumerate(self.accuracies) if acc >= self.target), None)
-        return {"reached": reached is not None,
-                "epochs": None if reached is None else reached + 1,
-                "seconds": sum(self.train_seconds) if reached is None else sum(self.train_seconds[:reached + 1]),
-                # Every epoch that ran: when only one side reaches the target, or neither, the time per
-                # epoch still compares the two loops.
-                "seconds_per_epoch": sum(self.train_seconds) / max(len(self.train_seconds), 1),
-                "best_acc": max(self.accuracies, default=0.0),
-                "final_acc": self.accuracies[-1] if self.accuracies else 0.0,
-                "accuracies": self.accuracies, "train_seconds": self.train_seconds}
+        return {
+            "reached": reached is not None,
+            "epochs": None if reached is None else reached + 1,
+            "seconds": sum(self.train_seconds) if reached is None else sum(self.train_seconds[: reached + 1]),
+            # Every epoch that ran: when only one side reaches the target, or neither, the time per
+            # epoch still compares the two loops.
+            "seconds_per_epoch": sum(self.train_seconds) / max(len(self.train_seconds), 1),
+            "best_acc": max(self.accuracies, default=0.0),
+            "final_acc": self.accuracies[-1] if self.accuracies else 0.0,
+            "accuracies": self.accuracies,
+            "train_seconds": self.train_seconds,
+        }
 
 
 def cifar_data(data_dir: Path, r: dict, seed: int):
     from datamodules import CIFAR10DataModule
 
-    dm = CIFAR10DataModule(str(data_dir), batch_size=r["batch_size"], val_size=0, augment=r["augment"],
-                           max_shift=r["max_shift"], download=False, seed=seed)
+    dm = CIFAR10DataModule(
+        str(data_dir),
+        batch_size=r["batch_size"],
+        val_size=0,
+        augment=r["augment"],
+        max_shift=r["max_shift"],
+        download=False,
+        seed=seed,
+    )
     dm.prepare_data()
     dm.setup("fit")
     dm.setup("test")
@@ -140,8 +150,9 @@ def _optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule) ->
     schedule.step()
 
 
-def plain_side(network: str, data_dir: Path, epochs: int, target: float, seed: int,
-               stop_at_target: bool = True) -> dict:
+def plain_side(
+    network: str, data_dir: Path, epochs: int, target: float, seed: int, stop_at_target: bool = True
+) -> dict:
     """The recipe by hand: the loop, optimiser, schedule and loss written out in plain PyTorch, in the
     precision and memory layout ``ablate fit`` picks on this CPU."""
     from architectures import create_model
@@ -183,8 +194,9 @@ class _UncheckedCIFAR10(torchvision.datasets.CIFAR10):
             self.classes = pickle.load(file, encoding="latin1")[self.meta["key"]]
 
 
-def naive_side(network: str, data_dir: Path, epochs: int, target: float, seed: int,
-               stop_at_target: bool = True) -> dict:
+def naive_side(
+    network: str, data_dir: Path, epochs: int, target: float, seed: int, stop_at_target: bool = True
+) -> dict:
     """The recipe as a user first writes it: fp32, contiguous, torchvision's dataset and per-image
     transforms behind a ``DataLoader`` with its default of no worker processes (a side runs in a
     daemonic process, which may not start workers of its own)."""
@@ -195,8 +207,9 @@ def naive_side(network: str, data_dir: Path, epochs: int, target: float, seed: i
     r = recipe()
     torch.manual_seed(seed)
     dm = cifar_data(data_dir, r, seed)  # for the shared evaluation only
-    augment = T.Compose([T.RandomCrop(32, padding=r["max_shift"]), T.RandomHorizontalFlip(), T.ToTensor(),
-                         T.Normalize(dm.mean, dm.std)])
+    augment = T.Compose(
+        [T.RandomCrop(32, padding=r["max_shift"]), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(dm.mean, dm.std)]
+    )
     if (Path(data_dir) / "train").is_dir():
         dataset = torchvision.datasets.ImageFolder(str(Path(data_dir) / "train"), transform=augment)
     else:
@@ -216,8 +229,15 @@ def naive_side(network: str, data_dir: Path, epochs: int, target: float, seed: i
     return clock.result()
 
 
-def project_side(network: str, data_dir: Path, epochs: int, target: float, seed: int,
-                 stop_at_target: bool = True, overrides: tuple[str, ...] = ()) -> dict:
+def project_side(
+    network: str,
+    data_dir: Path,
+    epochs: int,
+    target: float,
+    seed: int,
+    stop_at_target: bool = True,
+    overrides: tuple[str, ...] = (),
+) -> dict:
     """The same recipe through ``ablate fit``: the preset, the CLI's defaults (loggers, checkpoints),
     then ``overrides`` (command-line arguments, e.g. the fp32 contiguous setting auto replaces)."""
     import pytorch_lightning as pl
@@ -237,17 +257,27 @@ def project_side(network: str, data_dir: Path, epochs: int, target: float, seed:
                 trainer.should_stop = True
 
     with tempfile.TemporaryDirectory() as workdir:
-        cli = run_lightning_cli([
-            "--config", str(RECIPE),
-            f"--model.network.init_args.name={network}",
-            f"--data.init_args.data_dir={data_dir}", "--data.init_args.download=false", "--data.init_args.val_size=0",
-            f"--data.init_args.seed={seed}", f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}",
-            "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={workdir}",
-            '--trainer.logger={"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": '
-            f'{{"save_dir": "{workdir}"}}}}',
-            *overrides,
-        ], run=False)
+        cli = run_lightning_cli(
+            [
+                "--config",
+                str(RECIPE),
+                f"--model.network.init_args.name={network}",
+                f"--data.init_args.data_dir={data_dir}",
+                "--data.init_args.download=false",
+                "--data.init_args.val_size=0",
+                f"--data.init_args.seed={seed}",
+                f"--seed_everything={seed}",
+                f"--trainer.max_epochs={epochs}",
+                "--trainer.accelerator=cpu",
+                "--trainer.devices=1",
+                "--trainer.enable_progress_bar=false",
+                f"--trainer.default_root_dir={workdir}",
+                '--trainer.logger={"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": '
+                f'{{"save_dir": "{workdir}"}}}}',
+                *overrides,
+            ],
+            run=False,
+        )
         cli.trainer.callbacks.append(TimeToAccuracy())
         dm = cli.datamodule
         dm.prepare_data()
@@ -261,19 +291,28 @@ def bench_time_to_acc(args: argparse.Namespace) -> dict:
 
     data_dir = args.data_dir or REAL_CIFAR
     if not (Path(data_dir) / "train").is_dir() and not (Path(data_dir) / "cifar-10-batches-py").is_dir():
-        raise FileNotFoundError(f"no CIFAR-10 under {data_dir}: give --data-dir (train/ + test/ class folders, "
-                                "or cifar-10-batches-py/)")
+        raise FileNotFoundError(
+            f"no CIFAR-10 under {data_dir}: give --data-dir (train/ + test/ class folders, or cifar-10-batches-py/)"
+        )
     sides = {
         "naive": functools.partial(naive_side, stop_at_target=not args.full_schedule),
         "plain": functools.partial(plain_side, stop_at_target=not args.full_schedule),
         "ablate": functools.partial(project_side, stop_at_target=not args.full_schedule),
         # ``ablate fit`` with the automatic speed setting switched back to what it replaces: does
         # accuracy pay for the speed?
-        "ablate-fp32": functools.partial(project_side, stop_at_target=not args.full_schedule,
-                                         overrides=("--trainer.precision=32-true", "--model.channels_last=false")),
+        "ablate-fp32": functools.partial(
+            project_side,
+            stop_at_target=not args.full_schedule,
+            overrides=("--trainer.precision=32-true", "--model.channels_last=false"),
+        ),
     }
-    runs = interleaved({side: functools.partial(sides[side], args.network, data_dir, args.epochs, args.target,
-                                                args.seed) for side in args.sides}, args.repeats)
+    runs = interleaved(
+        {
+            side: functools.partial(sides[side], args.network, data_dir, args.epochs, args.target, args.seed)
+            for side in args.sides
+        },
+        args.repeats,
+    )
     row: dict = {"network": args.network, "target": args.target, "epochs_budget": args.epochs}
     for side in args.sides:
         reached = [run for run in runs[side] if run["reached"]]
@@ -283,18 +322,30 @@ def bench_time_to_acc(args: argparse.Namespace) -> dict:
         row[f"{side}_final_acc"] = statistics.median(run["final_acc"] for run in runs[side])
     # Seconds per training epoch over all epochs run: the loops' cost ratio even when the target is missed.
     per_epoch = {side: statistics.median(run["seconds_per_epoch"] for run in runs[side]) for side in runs}
-    for name, slow, fast in (("ratio", "ablate", "plain"), ("naive_over_ablate", "naive", "ablate"),
-                             ("fp32_over_auto", "ablate-fp32", "ablate")):
+    for name, slow, fast in (
+        ("ratio", "ablate", "plain"),
+        ("naive_over_ablate", "naive", "ablate"),
+        ("fp32_over_auto", "ablate-fp32", "ablate"),
+    ):
         if slow in runs and fast in runs:
             row[name] = row[f"{slow}_s"] / row[f"{fast}_s"]
-    for name, slow, fast in (("epoch_ratio", "ablate", "plain"), ("naive_over_ablate_epoch", "naive", "ablate"),
-                             ("fp32_over_auto_epoch", "ablate-fp32", "ablate")):
+    for name, slow, fast in (
+        ("epoch_ratio", "ablate", "plain"),
+        ("naive_over_ablate_epoch", "naive", "ablate"),
+        ("fp32_over_auto_epoch", "ablate-fp32", "ablate"),
+    ):
         if slow in runs and fast in runs:
             row[name] = per_epoch[slow] / per_epoch[fast]
     choice = speed.choose(speed.probe("cpu"))
-    return {"benchmark": "time-to-acc", "machine": machine(), "recipe": str(RECIPE.relative_to(REPO)),
-            "speed": {"precision": choice.precision, "channels_last": choice.channels_last},
-            "repeats": args.repeats, "rows": [row], "runs": runs}
+    return {
+        "benchmark": "time-to-acc",
+        "machine": machine(),
+        "recipe": str(RECIPE.relative_to(REPO)),
+        "speed": {"precision": choice.precision, "channels_last": choice.channels_last},
+        "repeats": args.repeats,
+        "rows": [row],
+        "runs": runs,
+    }
 
 
 SIDES = ("naive", "plain", "ablate", "ablate-fp32")
@@ -304,8 +355,9 @@ def _sides(text: str) -> list[str]:
     chosen = [side.strip() for side in text.split(",") if side.strip()]
     unknown = [side for side in chosen if side not in SIDES]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"unknown side {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {', '.join(SIDES)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown side {', '.join(unknown) or '(none given)'}; choose from {', '.join(SIDES)}"
+        )
     return list(dict.fromkeys(chosen))
 
 
@@ -313,16 +365,26 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser("time-to-acc", help="training seconds to a CIFAR-10 test accuracy, ablate vs plain")
     parser.add_argument("--network", default="resnet20")
     parser.add_argument("--target", type=float, default=0.85, help="test accuracy to reach (0..1)")
-    parser.add_argument("--epochs", type=int, default=recipe()["epochs"],
-                        help="the schedule's length (default: the preset's max_epochs); a side stops at the target")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=recipe()["epochs"],
+        help="the schedule's length (default: the preset's max_epochs); a side stops at the target",
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None, help="CIFAR-10 (default: ../shared/data/cifar10-jpeg)")
-    parser.add_argument("--sides", type=_sides,
-                        default=["naive", "plain", "ablate"],
-                        help="which sides run, comma-separated: naive, plain, ablate (ablate fit as it is) and "
-                             "ablate-fp32 (ablate fit in fp32 contiguous, what the automatic speed setting replaces)")
-    parser.add_argument("--full-schedule", action="store_true",
-                        help="train every epoch of the schedule instead of stopping at the target: the time to the "
-                             "target is still read off, and the final accuracy is the whole recipe's")
+    parser.add_argument(
+        "--sides",
+        type=_sides,
+        default=["naive", "plain", "ablate"],
+        help="which sides run, comma-separated: naive, plain, ablate (ablate fit as it is) and "
+        "ablate-fp32 (ablate fit in fp32 contiguous, what the automatic speed setting replaces)",
+    )
+    parser.add_argument(
+        "--full-schedule",
+        action="store_true",
+        help="train every epoch of the schedule instead of stopping at the target: the time to the "
+        "target is still read off, and the final accuracy is the whole recipe's",
+    )
     return parser

@@ -92,8 +92,9 @@ def _classify(error: BaseException) -> int:
 
     if isinstance(error, NonFiniteLossError):
         return EXIT_TRAINING_FAILED
-    if isinstance(error, (DataNotFoundError, DataFormatError, ConfigError, CheckpointError, StudyError,
-                          MisconfigurationException)):
+    if isinstance(
+        error, (DataNotFoundError, DataFormatError, ConfigError, CheckpointError, StudyError, MisconfigurationException)
+    ):
         return EXIT_SETUP_ERROR
     trainer = running_trainer()
     return EXIT_TRAINING_FAILED if trainer is not None and trainer.global_step > 0 else EXIT_SETUP_ERROR
@@ -147,8 +148,10 @@ def _one_line(error: BaseException, peer_failed: bool) -> str:
     message = message.strip() or "(no message; run with ABLATE_DEBUG=1 for the traceback)"
     if peer_failed:  # this rank only lost its peer: say so, not gloo's file and line
         rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "?"
-        message = (f"rank {rank} lost another process of this DDP run, which ended first ({message[:160]}); "
-                   "its own error, if it printed one, is above")
+        message = (
+            f"rank {rank} lost another process of this DDP run, which ended first ({message[:160]}); "
+            "its own error, if it printed one, is above"
+        )
     return f"{type(error).__name__}: {message}"
 
 

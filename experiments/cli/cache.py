@@ -87,13 +87,17 @@ def clear(files: list[CacheFile], now: float) -> tuple[list[CacheFile], list[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ablate cache", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache_dir", default=None,
-                        help="the cache folder (default: $ABLATE_CACHE_DIR, else ~/.cache/ablate)")
+    parser.add_argument(
+        "--cache_dir", default=None, help="the cache folder (default: $ABLATE_CACHE_DIR, else ~/.cache/ablate)"
+    )
     parser.add_argument("--clear", action="store_true", help="remove the cache's files from the folder")
     args = parser.parse_args(argv)
     folder = Path(args.cache_dir if args.cache_dir is not None else default_cache_dir()).expanduser()
-    origin = "--cache_dir" if args.cache_dir is not None else (
-        "$ABLATE_CACHE_DIR" if "ABLATE_CACHE_DIR" in os.environ else "default; set $ABLATE_CACHE_DIR to move it")
+    origin = (
+        "--cache_dir"
+        if args.cache_dir is not None
+        else ("$ABLATE_CACHE_DIR" if "ABLATE_CACHE_DIR" in os.environ else "default; set $ABLATE_CACHE_DIR to move it")
+    )
     print(f"cache folder: {folder} ({origin})")
     if folder.exists() and not folder.is_dir():
         print(f"  {folder} is not a folder: runs go on without a cache (remove it or set $ABLATE_CACHE_DIR)")

@@ -92,8 +92,10 @@ def os_error_message(error: OSError) -> str:
         return f"cannot write to {path}: {error.strerror}; free space there or write elsewhere"
     if error.errno in (errno.ENOENT,):
         return f"{path}: {error.strerror}; check the path"
-    return (f"{path}: {error.strerror}; check the path, or choose another (runs write under --trainer.default_root_dir "
-            "and the loggers' save_dir, ./runs by default; the tools under --out)")
+    return (
+        f"{path}: {error.strerror}; check the path, or choose another (runs write under --trainer.default_root_dir "
+        "and the loggers' save_dir, ./runs by default; the tools under --out)"
+    )
 
 
 @contextlib.contextmanager

@@ -37,7 +37,6 @@ CODE = ("architectures", "datamodules", "lightning_modules")
 LIBRARIES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics")
 
 
-
 @cache
 def code_version() -> str:
     """A hash of the source files that build and train the networks (tracked or not, committed or not)."""
@@ -56,8 +55,13 @@ def git_commit() -> str:
     """HEAD of the checkout the runs come from, with ``-dirty`` when it has uncommitted changes."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -85,8 +89,12 @@ class Fingerprint:
     @classmethod
     def of(cls, config: dict[str, Any], tier: str) -> Fingerprint:
         """The fingerprint of a resolved ``fit`` config (``resolve_fit_config`` or a run's config.yaml)."""
-        keys = {**result_config(config), "tier": tier, "code": code_version(),
-                **{f"library.{name}": version for name, version in library_versions().items()}}
+        keys = {
+            **result_config(config),
+            "tier": tier,
+            "code": code_version(),
+            **{f"library.{name}": version for name, version in library_versions().items()},
+        }
         text = json.dumps(keys, sort_keys=True, default=str)
         return cls(hashlib.sha256(text.encode()).hexdigest()[:12], json.loads(text), git_commit())
 
@@ -104,8 +112,9 @@ class Fingerprint:
             return None
 
     def write(self, directory: Path) -> None:
-        write_json_atomic(Path(directory) / FILE,
-                          {"fingerprint": self.value, "commit": self.commit, "config": self.config})
+        write_json_atomic(
+            Path(directory) / FILE, {"fingerprint": self.value, "commit": self.commit, "config": self.config}
+        )
 
     def differs_from(self, other: Fingerprint) -> list[str]:
         """The keys whose values differ between the two (the key names, sorted)."""

@@ -72,8 +72,11 @@ def _select_point(study: Study, arm_dir: Path) -> tuple[str, Seeds]:
     Records made before the final validation accuracy was kept are compared on their best one."""
     if not study.grid:
         return "", _seed_results(arm_dir, study.metric)
-    points = [(p, _seed_results(p, study.metric)) for p in sorted(arm_dir.iterdir()) if p.is_dir()] if (
-        arm_dir.is_dir()) else []
+    points = (
+        [(p, _seed_results(p, study.metric)) for p in sorted(arm_dir.iterdir()) if p.is_dir()]
+        if (arm_dir.is_dir())
+        else []
+    )
     records = [r for _, point in points for r in point.completed]
     key = "val/acc" if records and all("val/acc" in r["metrics"] for r in records) else "val/acc_best"
     best, seeds = None, Seeds()
@@ -215,14 +218,18 @@ def markdown(study: Study, tier: str, rows: list[dict]) -> str:
     ]
     tested = sorted({model for row in rows for model in row["tested"]})
     source = f" ({study.test_model_source})" if study.test_model_source else ""
-    lines[2] += (f" Ours: the test error of the {study.test_model} model"
-                 f"{source if study.test_model == 'final' else ' (the best val/acc checkpoint)'}.")
+    lines[2] += (
+        f" Ours: the test error of the {study.test_model} model"
+        f"{source if study.test_model == 'final' else ' (the best val/acc checkpoint)'}."
+    )
     if tested and tested != [study.test_model]:
         lines[2] += f" **Some runs tested another model: {', '.join(tested)}.**"
     changed = sorted({args for row in rows for args in row["extra_args"]})
     if tier != "full":
-        lines[2] += (f" The {tier} tier compresses the paper's schedule: compare the ordering of the arms, "
-                     "not the numbers, with the paper's.")
+        lines[2] += (
+            f" The {tier} tier compresses the paper's schedule: compare the ordering of the arms, "
+            "not the numbers, with the paper's."
+        )
     if changed:
         lines[2] += " The runs changed the paper's protocol: " + "; ".join(f"`{args}`" for args in changed) + "."
     for row in rows:
@@ -230,38 +237,78 @@ def markdown(study: Study, tier: str, rows: list[dict]) -> str:
         params = f"{row['params']:,}" if row["params"] else ""
         selected = f" {row['selected']} |" if study.grid else ""
         rank = f"{row['rank_paper']:g} / {row['rank_ours']:g}" if "rank_ours" in row else ""
-        lines.append(f"| {row['label']} | {_paper(row['paper'])} | {_ours(row)} | {_fmt(row['median'])} | "
-                     f"{diff} | {rank} | {row['n']} | {row['failed']} | {params} | {_fingerprint(row)} |{selected}")
+        lines.append(
+            f"| {row['label']} | {_paper(row['paper'])} | {_ours(row)} | {_fmt(row['median'])} | "
+            f"{diff} | {rank} | {row['n']} | {row['failed']} | {params} | {_fingerprint(row)} |{selected}"
+        )
     rho, arms = rank_agreement(rows)
     if rho is not None:
-        lines += ["", f"Order of the arms, ours against the paper's (Spearman's rho over {arms} arms, "
-                  f"'fail' tied last): **{rho:+.2f}**."]
+        lines += [
+            "",
+            f"Order of the arms, ours against the paper's (Spearman's rho over {arms} arms, "
+            f"'fail' tied last): **{rho:+.2f}**.",
+        ]
     notes = [f"- {row['arm']}: {reason}" for row in rows for reason in row["failures"]]
     notes += [f"- {row['arm']}: {row['unfinished']} run(s) not finished" for row in rows if row["unfinished"]]
     if notes:
         lines += ["", "Not counted:", *notes]
     mixed = [row for row in rows if len(row["fingerprints"]) > 1 or len(row["commits"]) > 1]
-    produced = sorted({(fp, commit) for row in rows for fp in row["fingerprints"] for commit in row["commits"]
-                       if len(row["fingerprints"]) == 1 and len(row["commits"]) == 1})
-    lines += ["", "Produced by (fingerprint of the result-deciding configuration and code, `ablate sweep`; "
-              "commit of the checkout):"]
-    lines += [f"- {row['arm']}: fingerprints {', '.join(row['fingerprints'])}; commits {', '.join(row['commits'])}"
-              + (" — **mixed: these seeds ran different configurations or code**" if len(row["fingerprints"]) > 1
-                 else "") for row in mixed]
-    lines += [f"- {fp} at {commit}: " + ", ".join(row["arm"] for row in rows
-                                                  if row["fingerprints"] == [fp] and row["commits"] == [commit])
-              for fp, commit in produced]
+    produced = sorted(
+        {
+            (fp, commit)
+            for row in rows
+            for fp in row["fingerprints"]
+            for commit in row["commits"]
+            if len(row["fingerprints"]) == 1 and len(row["commits"]) == 1
+        }
+    )
+    lines += [
+        "",
+        "Produced by (fingerprint of the result-deciding configuration and code, `ablate sweep`; "
+        "commit of the checkout):",
+    ]
+    lines += [
+        f"- {row['arm']}: fingerprints {', '.join(row['fingerprints'])}; commits {', '.join(row['commits'])}"
+        + (" — **mixed: these seeds ran different configurations or code**" if len(row["fingerprints"]) > 1 else "")
+        for row in mixed
+    ]
+    lines += [
+        f"- {fp} at {commit}: "
+        + ", ".join(row["arm"] for row in rows if row["fingerprints"] == [fp] and row["commits"] == [commit])
+        for fp, commit in produced
+    ]
     return "\n".join(lines)
 
 
 def to_csv(rows: list[dict]) -> str:
-    fields = ["arm", "label", "paper", "selected", "n", "mean", "std", "median", "ours", "diff", "rank_paper",
-              "rank_ours", "fail", "failed", "diverged", "unfinished", "params", "fingerprints", "commits", "tested"]
+    fields = [
+        "arm",
+        "label",
+        "paper",
+        "selected",
+        "n",
+        "mean",
+        "std",
+        "median",
+        "ours",
+        "diff",
+        "rank_paper",
+        "rank_ours",
+        "fail",
+        "failed",
+        "diverged",
+        "unfinished",
+        "params",
+        "fingerprints",
+        "commits",
+        "tested",
+    ]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows([{**row, **{key: " ".join(row[key]) for key in ("fingerprints", "commits", "tested")}}
-                      for row in rows])
+    writer.writerows(
+        [{**row, **{key: " ".join(row[key]) for key in ("fingerprints", "commits", "tested")}} for row in rows]
+    )
     return buffer.getvalue()
 
 
@@ -277,12 +324,25 @@ def plot(study: Study, tier: str, rows: list[dict], path: Path) -> None:
     for x, row in zip(xs, rows, strict=True):
         if row["n"]:
             first = "ours (mean ± std)" not in ax.get_legend_handles_labels()[1]
-            ax.errorbar(x, row["mean"], yerr=row["std"], fmt="o", color="tab:blue", capsize=4,
-                        label="ours (mean ± std)" if first else None)
+            ax.errorbar(
+                x,
+                row["mean"],
+                yerr=row["std"],
+                fmt="o",
+                color="tab:blue",
+                capsize=4,
+                label="ours (mean ± std)" if first else None,
+            )
             ax.scatter([x] * row["n"], row["values"], color="tab:blue", alpha=0.3, s=10)
         if isinstance(row["paper"], (int, float)):
-            ax.scatter(x, row["paper"], marker="_", s=400, color="tab:red",
-                       label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None)
+            ax.scatter(
+                x,
+                row["paper"],
+                marker="_",
+                s=400,
+                color="tab:red",
+                label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None,
+            )
         elif row["paper"] == "fail":
             ax.annotate("paper: fail", (x, study.fail_above), ha="center", fontsize=7, color="tab:red")
     ax.axhline(study.fail_above, color="grey", linestyle=":", linewidth=1)
@@ -307,12 +367,22 @@ def push_to_wandb(study: Study, tier: str, rows: list[dict], png: Path) -> None:
     from lightning_modules.loggers import wandb_credentials_available
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
-    run = wandb.init(project="cnn-ablations", group=f"{study.name}-{tier}", job_type="report",
-                     name=f"report-{study.name}-{tier}", mode=mode, dir=str(png.parent.resolve()))
+    run = wandb.init(
+        project="cnn-ablations",
+        group=f"{study.name}-{tier}",
+        job_type="report",
+        name=f"report-{study.name}-{tier}",
+        mode=mode,
+        dir=str(png.parent.resolve()),
+    )
     columns = ["arm", "paper", "mean", "std", "median", "n", "failed"]
-    table = wandb.Table(columns=columns,
-                        data=[[row["label"], _paper(row["paper"]), row["mean"], row["std"], row["median"], row["n"],
-                               row["failed"]] for row in rows])
+    table = wandb.Table(
+        columns=columns,
+        data=[
+            [row["label"], _paper(row["paper"]), row["mean"], row["std"], row["median"], row["n"], row["failed"]]
+            for row in rows
+        ],
+    )
     run.log({f"{study.name}/table": table, f"{study.name}/chart": wandb.Image(str(png))})
     run.finish()
 
@@ -328,8 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     target = out / study.name / args.tier
     if not runs_found(study, args.tier, out):
-        raise StudyError(f"no runs of {study.name} [{args.tier}] under {target}: check --out and --tier "
-                         f"(the sweep writes <out>/{study.name}/{args.tier}/<arm>/seed_<k>)")
+        raise StudyError(
+            f"no runs of {study.name} [{args.tier}] under {target}: check --out and --tier "
+            f"(the sweep writes <out>/{study.name}/{args.tier}/<arm>/seed_<k>)"
+        )
     rows = collect(study, args.tier, out)
     text = markdown(study, args.tier, rows)
     write_text_atomic(target / "report.md", text + "\n")

@@ -151,8 +151,9 @@ def sbatch_header(resources: Resources, workdir: Path, array: int | None = None)
     return lines
 
 
-def _script(resources: Resources, workdir: Path, command: list[str], comment: list[str],
-            array: int | None = None) -> str:
+def _script(
+    resources: Resources, workdir: Path, command: list[str], comment: list[str], array: int | None = None
+) -> str:
     body = [
         "#!/bin/bash",
         *sbatch_header(resources, workdir, array),
@@ -180,8 +181,14 @@ def config_script(configs: list[str], resources: Resources, extra: list[str], wo
         if not Path(path).is_file():
             raise FileNotFoundError(f"config {path} does not exist")
     root = resources.output.resolve() / resources.job_name / "$SLURM_JOB_ID"
-    command = [*ablate_command(), "fit", *[arg for path in paths for arg in ("--config", path)],
-               *_layout_args(resources), f"--trainer.default_root_dir={root}", *extra]
+    command = [
+        *ablate_command(),
+        "fit",
+        *[arg for path in paths for arg in ("--config", path)],
+        *_layout_args(resources),
+        f"--trainer.default_root_dir={root}",
+        *extra,
+    ]
     comment = [
         f"{resources.tasks} process(es): {resources.nodes} node(s) x {resources.gpus_per_node} GPU(s).",
         "SIGUSR1 -> Lightning saves hpc_ckpt_<n>.ckpt in default_root_dir and requeues the job;",
@@ -192,9 +199,15 @@ def config_script(configs: list[str], resources: Resources, extra: list[str], wo
 
 def study_script(sweep_args: list[str], runs: int, resources: Resources, workdir: Path) -> str:
     """The sbatch array script, one task per planned run of the study."""
-    command = [*ablate_command(), "slurm", "sweep-task", *sweep_args,
-               *[arg for flag in _layout_args(resources) for arg in ("--set", flag.removeprefix("--"))],
-               "--task-index", "$SLURM_ARRAY_TASK_ID"]
+    command = [
+        *ablate_command(),
+        "slurm",
+        "sweep-task",
+        *sweep_args,
+        *[arg for flag in _layout_args(resources) for arg in ("--set", flag.removeprefix("--"))],
+        "--task-index",
+        "$SLURM_ARRAY_TASK_ID",
+    ]
     comment = [
         f"{runs} array task(s), one per planned run (`ablate sweep ... --list`), each on",
         f"{resources.tasks} process(es): {resources.nodes} node(s) x {resources.gpus_per_node} GPU(s).",
@@ -226,8 +239,7 @@ def sweep_task(argv: list[str]) -> int:
         signal.signal(signal.SIGUSR1, lambda signum, frame: None)
         return sweep.main(argv)
     study = load_study(args.study)
-    runs = sweep.plan(study, args.tier, args.seeds, Path(args.out).resolve(),
-                      _split(args.only), _split(args.exclude))
+    runs = sweep.plan(study, args.tier, args.seeds, Path(args.out).resolve(), _split(args.only), _split(args.exclude))
     if not 0 <= args.task_index < len(runs):
         raise StudyError(f"--task-index {args.task_index} outside the {len(runs)} planned runs")
     run = runs[args.task_index]
@@ -260,11 +272,16 @@ def rank_command(run: sweep.PlannedRun, args: argparse.Namespace, rank: int) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablate slurm", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="ablate slurm", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--config", action="append", metavar="FILE",
-                      help="an `ablate fit` config, repeatable (e.g. the experiment, then a trainer preset)")
+    what.add_argument(
+        "--config",
+        action="append",
+        metavar="FILE",
+        help="an `ablate fit` config, repeatable (e.g. the experiment, then a trainer preset)",
+    )
     what.add_argument("--study", metavar="NAME", help="a study under experiments/studies: one array task per run")
     parser.add_argument("--tier", choices=TIERS, default="short", help="study tier")
     parser.add_argument("--seeds", type=int, default=1, help="study seeds per arm")
@@ -272,8 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exclude", help="study: comma-separated arms to leave out")
     parser.add_argument("--out", default="runs", help="study: root of the run directories (default: runs)")
     parser.add_argument("--wandb", action="store_true", help="study: also log every run to W&B")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra ablate argument, e.g. data.init_args.data_dir=/scratch/data")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra ablate argument, e.g. data.init_args.data_dir=/scratch/data",
+    )
     parser.add_argument("--nodes", type=int, required=True, help="machines per job")
     parser.add_argument("--gpus-per-node", type=int, required=True, help="GPUs (= processes) per machine")
     parser.add_argument("--time", help="wall-clock limit, HH:MM:SS or D-HH:MM:SS")
@@ -283,8 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mem", help="memory per node, e.g. 64G")
     parser.add_argument("--job-name", help="default: the last config's name, or <study>-<tier>")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"script and log folder (default: {DEFAULT_OUTPUT})")
-    parser.add_argument("--signal-seconds", type=int, default=DEFAULT_SIGNAL_SECONDS,
-                        help="seconds before the time limit at which SIGUSR1 asks for a checkpoint")
+    parser.add_argument(
+        "--signal-seconds",
+        type=int,
+        default=DEFAULT_SIGNAL_SECONDS,
+        help="seconds before the time limit at which SIGUSR1 asks for a checkpoint",
+    )
     parser.add_argument("--max-running", type=int, help="study: most array tasks running at once")
     parser.add_argument("--dry-run", action="store_true", help="print the script; write and submit nothing")
     return parser
@@ -295,8 +321,10 @@ def render(args: argparse.Namespace, workdir: Path) -> tuple[str, Resources]:
     if not args.study:
         misplaced = [flag for flag in ("only", "exclude", "wandb", "max_running") if getattr(args, flag)]
         if misplaced:
-            raise ValueError(f"--{misplaced[0].replace('_', '-')} applies to --study; for W&B with --config, add "
-                             "--config experiments/presets/wandb.yaml")
+            raise ValueError(
+                f"--{misplaced[0].replace('_', '-')} applies to --study; for W&B with --config, add "
+                "--config experiments/presets/wandb.yaml"
+            )
     if args.study:
         study = load_study(args.study)
         out = Path(args.out).resolve()
@@ -309,9 +337,16 @@ def render(args: argparse.Namespace, workdir: Path) -> tuple[str, Resources]:
                 default_name = Path(config).stem
                 break
     resources = Resources(
-        nodes=args.nodes, gpus_per_node=args.gpus_per_node, job_name=args.job_name or default_name,
-        output=Path(args.output), time=args.time, partition=args.partition, account=args.account,
-        cpus_per_task=args.cpus_per_task, mem=args.mem, signal_seconds=args.signal_seconds,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        job_name=args.job_name or default_name,
+        output=Path(args.output),
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        cpus_per_task=args.cpus_per_task,
+        mem=args.mem,
+        signal_seconds=args.signal_seconds,
         max_running=args.max_running,
     )
     if args.study:

@@ -107,8 +107,13 @@ def load_study(name_or_path: str | Path) -> Study:
         if not config.is_file():
             raise StudyError(f"study {meta['name']!r} lists arm {arm_name!r} but {config} does not exist")
         arm_meta = arm_meta or {}
-        arms[arm_name] = Arm(arm_name, config, arm_meta.get("paper"), arm_meta.get("label", arm_name),
-                             dict(arm_meta.get("differs") or {}))
+        arms[arm_name] = Arm(
+            arm_name,
+            config,
+            arm_meta.get("paper"),
+            arm_meta.get("label", arm_name),
+            dict(arm_meta.get("differs") or {}),
+        )
     tiers = meta.get("tiers", {})
     missing = [tier for tier in TIERS if tier not in tiers]
     if missing:
@@ -148,12 +153,16 @@ def _read_meta(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise StudyError(f"cannot read {path}: {error}") from None
     if not isinstance(meta, dict):
-        raise StudyError(f"{path} holds {f'a {type(meta).__name__}' if meta is not None else 'nothing'}, not a mapping "
-                         "with `name:`, `arms:` and `tiers:` (see experiments/studies/*/study.yaml)")
+        raise StudyError(
+            f"{path} holds {f'a {type(meta).__name__}' if meta is not None else 'nothing'}, not a mapping "
+            "with `name:`, `arms:` and `tiers:` (see experiments/studies/*/study.yaml)"
+        )
     for key, kind in (("name", str), ("arms", dict)):
         if not isinstance(meta.get(key), kind) or not meta[key]:
-            raise StudyError(f"{path} needs `{key}:` ({'the study name' if key == 'name' else 'a mapping of arm names'}"
-                             f"{'' if key not in meta else f', got {meta[key]!r}'})")
+            raise StudyError(
+                f"{path} needs `{key}:` ({'the study name' if key == 'name' else 'a mapping of arm names'}"
+                f"{'' if key not in meta else f', got {meta[key]!r}'})"
+            )
     if not isinstance(meta.get("tiers", {}), dict):
         raise StudyError(f"{path}: `tiers:` must map full, short and smoke to their settings, got {meta['tiers']!r}")
     return meta

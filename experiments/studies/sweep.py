@@ -138,18 +138,34 @@ def run_config(run: PlannedRun, wandb: bool) -> dict[str, Any]:
     """The per-run config layered after base and arm: tier schedule, seed, loggers in the run dir."""
     directory = str(run.directory)
     loggers: list[dict[str, Any]] = [
-        {"class_path": "pytorch_lightning.loggers.CSVLogger",
-         "init_args": {"save_dir": directory, "name": "", "version": ""}},
-        {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-         "init_args": {"save_dir": directory, "name": "", "version": "", "sub_dir": "tensorboard",
-                       "default_hp_metric": False}},
+        {
+            "class_path": "pytorch_lightning.loggers.CSVLogger",
+            "init_args": {"save_dir": directory, "name": "", "version": ""},
+        },
+        {
+            "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+            "init_args": {
+                "save_dir": directory,
+                "name": "",
+                "version": "",
+                "sub_dir": "tensorboard",
+                "default_hp_metric": False,
+            },
+        },
     ]
     if wandb:
-        loggers.append({
-            "class_path": "lightning_modules.loggers.WandbLogger",
-            "init_args": {"project": "cnn-ablations", "save_dir": directory, "group": f"{run.study.name}-{run.tier}",
-                          "name": f"{run.arm.name}-seed{run.seed}", "tags": [run.study.name, run.tier, run.arm.name]},
-        })
+        loggers.append(
+            {
+                "class_path": "lightning_modules.loggers.WandbLogger",
+                "init_args": {
+                    "project": "cnn-ablations",
+                    "save_dir": directory,
+                    "group": f"{run.study.name}-{run.tier}",
+                    "name": f"{run.arm.name}-seed{run.seed}",
+                    "tags": [run.study.name, run.tier, run.arm.name],
+                },
+            }
+        )
     tier = run.study.tiers[run.tier] or {}
     trainer = {**tier.get("trainer", {}), "logger": loggers, "default_root_dir": directory}
     config: dict[str, Any] = {"seed_everything": run.seed, "trainer": trainer}
@@ -161,15 +177,32 @@ def run_config(run: PlannedRun, wandb: bool) -> dict[str, Any]:
 
 def fit_args(run: PlannedRun, run_yaml: Path, extra: list[str]) -> list[str]:
     """The ``ablate fit`` arguments of a run: base, arm and per-run config, grid point, ``--set``."""
-    return ["--config", str(run.study.base), "--config", str(run.arm.config), "--config", str(run_yaml),
-            *run.grid_args, *extra]
+    return [
+        "--config",
+        str(run.study.base),
+        "--config",
+        str(run.arm.config),
+        "--config",
+        str(run_yaml),
+        *run.grid_args,
+        *extra,
+    ]
 
 
 def command(run: PlannedRun, extra: list[str]) -> list[str]:
     # Both the final model (the papers' protocol) and the best checkpoint by val/acc are tested;
     # the study's `test_model` says which one its table compares.
-    cmd = [sys.executable, "-m", "experiments.cli", "fit", *fit_args(run, run.directory / "run.yaml", extra),
-           "--test_after_fit", "true", "--test_checkpoint", "both"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.cli",
+        "fit",
+        *fit_args(run, run.directory / "run.yaml", extra),
+        "--test_after_fit",
+        "true",
+        "--test_checkpoint",
+        "both",
+    ]
     resume = resume_checkpoint(run.directory)
     if resume is not None:
         cmd += ["--ckpt_path", str(resume)]
@@ -182,8 +215,9 @@ def resume_checkpoint(directory: Path) -> Path | None:
     An explicit ``--ckpt_path`` beats Lightning's own HPC resume, so the runner must pick the
     newer one itself or a requeued task would restart from its last validation checkpoint.
     """
-    candidates = [p for p in (directory / "checkpoints" / "last.ckpt", *directory.glob("hpc_ckpt_*.ckpt"))
-                  if p.is_file()]
+    candidates = [
+        p for p in (directory / "checkpoints" / "last.ckpt", *directory.glob("hpc_ckpt_*.ckpt")) if p.is_file()
+    ]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
@@ -275,8 +309,14 @@ class SetupError(StudyError):
     """A run that could not start (configuration, data, checkpoint): the sweep stops, nothing is recorded."""
 
 
-def execute(run: PlannedRun, extra: list[str], wandb: bool, fingerprint: Fingerprint,
-            env: dict[str, str] | None = None, children: Children | None = None) -> dict | None:
+def execute(
+    run: PlannedRun,
+    extra: list[str],
+    wandb: bool,
+    fingerprint: Fingerprint,
+    env: dict[str, str] | None = None,
+    children: Children | None = None,
+) -> dict | None:
     """Run one arm x seed; return its result record, or None if it was interrupted (resumable).
 
     Raises:
@@ -291,13 +331,20 @@ def execute(run: PlannedRun, extra: list[str], wandb: bool, fingerprint: Fingerp
     with (run.directory / "stdout.log").open("a") as out, (run.directory / "stderr.log").open("a") as err:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
-        returncode = (children or Children()).wait(cmd, cwd=REPO, env={**os.environ, **(env or {})},
-                                                  stdout=out, stderr=err)
+        returncode = (children or Children()).wait(
+            cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=err
+        )
     record: dict[str, Any] = {
-        "study": run.study.name, "arm": run.arm.name, "seed": run.seed, "tier": run.tier,
+        "study": run.study.name,
+        "arm": run.arm.name,
+        "seed": run.seed,
+        "tier": run.tier,
         "grid": {key: value for key, value in run.grid},
-        "fingerprint": fingerprint.value, "git_commit": fingerprint.commit, "code": fingerprint.config["code"],
-        "command": cmd, "extra_args": extra,
+        "fingerprint": fingerprint.value,
+        "git_commit": fingerprint.commit,
+        "code": fingerprint.config["code"],
+        "command": cmd,
+        "extra_args": extra,
         "started": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(),
         "duration_s": round(time.time() - started, 1),
     }
@@ -313,8 +360,9 @@ def execute(run: PlannedRun, extra: list[str], wandb: bool, fingerprint: Fingerp
         record.update(_completed(run, fingerprint))
     else:
         reason = _failure_reason(stderr)
-        record.update(status="failed", reason=reason, returncode=returncode,
-                      diverged=reason.startswith("NonFiniteLossError"))
+        record.update(
+            status="failed", reason=reason, returncode=returncode, diverged=reason.startswith("NonFiniteLossError")
+        )
     write_json_atomic(run.directory / "result.json", record)
     return record
 
@@ -333,13 +381,18 @@ def _completed(run: PlannedRun, fingerprint: Fingerprint) -> dict[str, Any]:
     chosen = tests.get(run.study.test_model) or {}
     metrics = {**read_metrics(run.directory), **chosen.get("metrics", {})}
     if run.study.metric not in metrics:
-        return {"status": "failed",
-                "reason": f"finished without {run.study.metric} of the {run.study.test_model} model"}
+        return {
+            "status": "failed",
+            "reason": f"finished without {run.study.metric} of the {run.study.test_model} model",
+        }
     hparams_file = run.directory / "hparams.yaml"
     hparams = yaml.safe_load(hparams_file.read_text()) if hparams_file.is_file() else {}
     return {
-        "status": "completed", "metrics": metrics, "tested": run.study.test_model,
-        "test_final": (tests.get("final") or {}).get("metrics"), "test_best": (tests.get("best") or {}).get("metrics"),
+        "status": "completed",
+        "metrics": metrics,
+        "tested": run.study.test_model,
+        "test_final": (tests.get("final") or {}).get("metrics"),
+        "test_best": (tests.get("best") or {}).get("metrics"),
         "best_checkpoint": (tests.get("best") or {}).get("checkpoint"),
         "params": (hparams or {}).get("model/params"),
     }
@@ -369,13 +422,17 @@ def find_conflicts(runs: list[PlannedRun], fingerprints: dict[Path, Fingerprint]
             continue
         stored, planned = Fingerprint.read(folder), fingerprints[folder]
         if stored is None:
-            conflicts.append(Conflict(run, "made before runs were fingerprinted (no fingerprint.json)",
-                                      finished=record is not None))
+            conflicts.append(
+                Conflict(run, "made before runs were fingerprinted (no fingerprint.json)", finished=record is not None)
+            )
         elif stored.value != planned.value:
             keys = planned.differs_from(stored)
             shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
-            conflicts.append(Conflict(run, f"fingerprint {stored.value} -> {planned.value}, changed: {shown}",
-                                      finished=record is not None))
+            conflicts.append(
+                Conflict(
+                    run, f"fingerprint {stored.value} -> {planned.value}, changed: {shown}", finished=record is not None
+                )
+            )
     return conflicts
 
 
@@ -426,9 +483,16 @@ def _gpu_count() -> int:
         return 0
 
 
-def sweep(runs: list[PlannedRun], extra: list[str], wandb: bool = False, retry_failed: bool = False,
-          gpus: int | None = None, log=print, children: Children | None = None,
-          changed: str | None = None) -> tuple[list[dict], int]:
+def sweep(
+    runs: list[PlannedRun],
+    extra: list[str],
+    wandb: bool = False,
+    retry_failed: bool = False,
+    gpus: int | None = None,
+    log=print,
+    children: Children | None = None,
+    changed: str | None = None,
+) -> tuple[list[dict], int]:
     """Execute the planned runs that have no result yet; return every run's record and how many were skipped.
 
     Before anything trains, every planned run's fingerprint is compared with what its folder holds
@@ -474,8 +538,18 @@ def sweep(runs: list[PlannedRun], extra: list[str], wandb: bool = False, retry_f
                 if children.stop_signal or setup_errors:
                     return
                 log(f"run     {run.label} on GPU {gpu}")
-                _log_outcome(run, execute(run, [*extra, "--trainer.devices", "1"], wandb, fingerprints[run.directory],
-                                          env={"CUDA_VISIBLE_DEVICES": str(gpu)}, children=children), log)
+                _log_outcome(
+                    run,
+                    execute(
+                        run,
+                        [*extra, "--trainer.devices", "1"],
+                        wandb,
+                        fingerprints[run.directory],
+                        env={"CUDA_VISIBLE_DEVICES": str(gpu)},
+                        children=children,
+                    ),
+                    log,
+                )
             except SetupError as error:
                 setup_errors.append(error)
             finally:
@@ -494,16 +568,19 @@ def sweep(runs: list[PlannedRun], extra: list[str], wandb: bool = False, retry_f
             thread.join()
     if setup_errors:
         raise setup_errors[0]
-    return [read_result(run.directory) or {"status": "missing", "arm": run.arm.name, "seed": run.seed}
-            for run in runs], skipped
+    return [
+        read_result(run.directory) or {"status": "missing", "arm": run.arm.name, "seed": run.seed} for run in runs
+    ], skipped
 
 
 def _log_outcome(run: PlannedRun, record: dict | None, log) -> None:
     if record is None:
         log(f"stopped {run.label}: interrupted; it resumes from its last checkpoint next time")
     elif record["status"] == "completed":
-        log(f"done    {run.label}: {run.study.metric} = {record['metrics'][run.study.metric]:.2f} "
-            f"of the {record['tested']} model ({record['duration_s']:.0f} s)")
+        log(
+            f"done    {run.label}: {run.study.metric} = {record['metrics'][run.study.metric]:.2f} "
+            f"of the {record['tested']} model ({record['duration_s']:.0f} s)"
+        )
     else:
         log(f"FAILED  {run.label}: {record['reason']}")
 
@@ -515,24 +592,39 @@ def _split(values: str | None) -> list[str] | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="study name under experiments/studies, or a study folder")
-    parser.add_argument("--tier", choices=TIERS, default="short",
-                        help="schedule: the paper's (full), compressed (short), or a few steps (smoke)")
+    parser.add_argument(
+        "--tier",
+        choices=TIERS,
+        default="short",
+        help="schedule: the paper's (full), compressed (short), or a few steps (smoke)",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per arm")
     parser.add_argument("--out", default=DEFAULT_OUT, help="root of the run directories (default: runs)")
     parser.add_argument("--only", help="comma-separated arms to run")
     parser.add_argument("--exclude", help="comma-separated arms to skip")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra ablate argument for every run, e.g. model.network.init_args.name=resnet20")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra ablate argument for every run, e.g. model.network.init_args.name=resnet20",
+    )
     parser.add_argument("--wandb", action="store_true", help="also log every run to W&B (offline without a key)")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="run failed runs again (the failed folders move to _superseded/)")
-    parser.add_argument("--changed", choices=("rerun", "keep"), default=None,
-                        help="when a run's folder holds a run of another configuration or code: train it again "
-                        "(the old folder moves to _superseded/) or keep its result knowingly; without it the "
-                        "sweep stops before training anything and names the keys that differ")
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="run failed runs again (the failed folders move to _superseded/)"
+    )
+    parser.add_argument(
+        "--changed",
+        choices=("rerun", "keep"),
+        default=None,
+        help="when a run's folder holds a run of another configuration or code: train it again "
+        "(the old folder moves to _superseded/) or keep its result knowingly; without it the "
+        "sweep stops before training anything and names the keys that differ",
+    )
     parser.add_argument("--gpus", type=int, default=None, help="parallel runs, one per GPU (default: all visible)")
-    parser.add_argument("--task-index", type=int, default=None,
-                        help="run only the planned run with this index (a SLURM array task)")
+    parser.add_argument(
+        "--task-index", type=int, default=None, help="run only the planned run with this index (a SLURM array task)"
+    )
     parser.add_argument("--list", action="store_true", help="print the planned runs and exit")
     return parser
 
@@ -553,20 +645,24 @@ def main(argv: list[str] | None = None) -> int:
         runs = [runs[args.task_index]]
     with Children().forwarding() as children:
         if args.task_index is not None:
-            records, skipped = sweep(runs, extra, args.wandb, args.retry_failed, gpus=1, children=children,
-                                     changed=args.changed)
+            records, skipped = sweep(
+                runs, extra, args.wandb, args.retry_failed, gpus=1, children=children, changed=args.changed
+            )
         else:
             with sweep_lock(out / study.name / args.tier):
-                records, skipped = sweep(runs, extra, args.wandb, args.retry_failed, args.gpus, children=children,
-                                         changed=args.changed)
+                records, skipped = sweep(
+                    runs, extra, args.wandb, args.retry_failed, args.gpus, children=children, changed=args.changed
+                )
     completed = sum(r["status"] == "completed" for r in records)
     failed = sum(r["status"] == "failed" for r in records)
     missing = len(records) - completed - failed
     print(f"Report: ablate report {study.name} --tier {args.tier} --out {args.out}")
     if children.stop_signal:
         print(f"stopped by {children.stop_signal.name}; run the same command again to resume", file=sys.stderr)
-    print(f"{study.name} [{args.tier}]: {completed} completed, {failed} failed, {skipped} skipped (done before), "
-          f"{missing} missing of {len(records)} planned runs")
+    print(
+        f"{study.name} [{args.tier}]: {completed} completed, {failed} failed, {skipped} skipped (done before), "
+        f"{missing} missing of {len(records)} planned runs"
+    )
     if children.stop_signal:
         return 128 + int(children.stop_signal)
     return 1 if failed or missing else 0

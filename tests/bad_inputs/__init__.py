@@ -31,74 +31,143 @@ from tests.support import write_synthetic_mnist
 
 _CORE_CASES: list[Case] = [
     # ----- configuration ---------------------------------------------------------------------------------
-    Case("unknown-architecture", f"{FIT} --model.network.init_args.name=resnet2000",
-         "KeyError: unknown architecture 'resnet2000'. Did you mean: resnet20"),
-    Case("unknown-network-class", FIT + " --model.network=architectures.NoSuchNet",
-         "ConfigError: Parser key \"model.network\": Problem with given class_path 'architectures.NoSuchNet'"),
-    Case("unknown-data-class", f"{FIT} --data=datamodules.NoSuchData",
-         "ConfigError: Parser key \"data\": Problem with given class_path 'datamodules.NoSuchData'"),
-    Case("wrong-type-int", f"{FIT} --trainer.max_epochs=ten",
-         "ConfigError: Parser key \"trainer.max_epochs\": expected a value of type int (given: ten)"),
-    Case("wrong-type-in-data", f"{FIT} --data.init_args.batch_size=abc",
-         "Parser key \"batch_size\": expected a value of type int. Got value: abc"),
+    Case(
+        "unknown-architecture",
+        f"{FIT} --model.network.init_args.name=resnet2000",
+        "KeyError: unknown architecture 'resnet2000'. Did you mean: resnet20",
+    ),
+    Case(
+        "unknown-network-class",
+        FIT + " --model.network=architectures.NoSuchNet",
+        "ConfigError: Parser key \"model.network\": Problem with given class_path 'architectures.NoSuchNet'",
+    ),
+    Case(
+        "unknown-data-class",
+        f"{FIT} --data=datamodules.NoSuchData",
+        "ConfigError: Parser key \"data\": Problem with given class_path 'datamodules.NoSuchData'",
+    ),
+    Case(
+        "wrong-type-int",
+        f"{FIT} --trainer.max_epochs=ten",
+        'ConfigError: Parser key "trainer.max_epochs": expected a value of type int (given: ten)',
+    ),
+    Case(
+        "wrong-type-in-data",
+        f"{FIT} --data.init_args.batch_size=abc",
+        'Parser key "batch_size": expected a value of type int. Got value: abc',
+    ),
     Case("unknown-key", f"{FIT} --model.bogus=1", "ConfigError: unrecognized arguments: --model.bogus=1"),
     Case("missing-config-file", "fit --config {root}/nope.yaml", "File does not exist"),
-    Case("missing-network", "fit --data=datamodules.MNISTDataModule --data.data_dir={mnist}",
-         "ConfigError: the following arguments are required: fit.model.network"),
-    Case("missing-data-module", "fit --model.network=architectures.ZooModel --model.network.init_args.name=lenet5",
-         "ConfigError: no data module: give --data"),
-    Case("negative-learning-rate", f"{FIT} --model.optimizer.init_args.lr=-0.1",
-         "ValueError: Invalid learning rate: -0.1"),
-    Case("zero-learning-rate", f"{FIT} --model.optimizer.init_args.lr=0",
-         "ConfigError: the learning rate must be positive, got model.optimizer.init_args.lr=0; with 0 the weights"),
-    Case("num-classes-contradicts-data", f"{FIT} --model.network.init_args.num_classes=7",
-         "ConfigError: model.network.init_args.num_classes=7 contradicts the data: MNISTDataModule has num_classes=10"),
-    Case("in-chans-contradicts-data", f"{FIT} --model.network.init_args.in_chans=3",
-         "model.network.init_args.in_chans=3 contradicts the data: MNISTDataModule has in_chans=1"),
-    Case("knob-unknown-value", FIT + " --model.network=architectures.resnet.ResNet"
-         " --model.network.init_args.shortcut=bogus", "Parser key \"shortcut\""),
-    Case("knob-unknown-value-in-overrides", FIT + " --model.network.init_args.name=resnet20"
-         " --model.network.init_args.overrides='{\"shortcut\": \"bogus\"}'",
-         "ValueError: unknown shortcut 'bogus'; choose one of identity, none, scale"),
-    Case("unknown-knob", f"{FIT} --model.network.init_args.overrides='{{\"bogus_knob\": 3}}'",
-         "TypeError: LeNet5.__init__() got an unexpected keyword argument 'bogus_knob'"),
+    Case(
+        "missing-network",
+        "fit --data=datamodules.MNISTDataModule --data.data_dir={mnist}",
+        "ConfigError: the following arguments are required: fit.model.network",
+    ),
+    Case(
+        "missing-data-module",
+        "fit --model.network=architectures.ZooModel --model.network.init_args.name=lenet5",
+        "ConfigError: no data module: give --data",
+    ),
+    Case(
+        "negative-learning-rate",
+        f"{FIT} --model.optimizer.init_args.lr=-0.1",
+        "ValueError: Invalid learning rate: -0.1",
+    ),
+    Case(
+        "zero-learning-rate",
+        f"{FIT} --model.optimizer.init_args.lr=0",
+        "ConfigError: the learning rate must be positive, got model.optimizer.init_args.lr=0; with 0 the weights",
+    ),
+    Case(
+        "num-classes-contradicts-data",
+        f"{FIT} --model.network.init_args.num_classes=7",
+        "ConfigError: model.network.init_args.num_classes=7 contradicts the data: MNISTDataModule has num_classes=10",
+    ),
+    Case(
+        "in-chans-contradicts-data",
+        f"{FIT} --model.network.init_args.in_chans=3",
+        "model.network.init_args.in_chans=3 contradicts the data: MNISTDataModule has in_chans=1",
+    ),
+    Case(
+        "knob-unknown-value",
+        FIT + " --model.network=architectures.resnet.ResNet --model.network.init_args.shortcut=bogus",
+        'Parser key "shortcut"',
+    ),
+    Case(
+        "knob-unknown-value-in-overrides",
+        FIT + ' --model.network.init_args.name=resnet20 --model.network.init_args.overrides=\'{"shortcut": "bogus"}\'',
+        "ValueError: unknown shortcut 'bogus'; choose one of identity, none, scale",
+    ),
+    Case(
+        "unknown-knob",
+        f"{FIT} --model.network.init_args.overrides='{{\"bogus_knob\": 3}}'",
+        "TypeError: LeNet5.__init__() got an unexpected keyword argument 'bogus_knob'",
+    ),
     Case("zero-batch-size", f"{FIT} --data.init_args.batch_size=0", "batch_size must be positive, got 0"),
-    Case("validation-larger-than-data", f"{FIT} --data.init_args.val_size=100000",
-         "val_size must be in [0, 600), got 100000"),
+    Case(
+        "validation-larger-than-data",
+        f"{FIT} --data.init_args.val_size=100000",
+        "val_size must be in [0, 600), got 100000",
+    ),
     Case("negative-epochs", f"{FIT} --trainer.max_epochs=-5", "`max_epochs` must be a non-negative integer or -1"),
-    Case("label-smoothing-out-of-range", f"{FIT} --model.label_smoothing=1.5",
-         "label_smoothing must be in [0, 1), got 1.5"),
+    Case(
+        "label-smoothing-out-of-range",
+        f"{FIT} --model.label_smoothing=1.5",
+        "label_smoothing must be in [0, 1), got 1.5",
+    ),
     Case("zero-devices", f"{FIT} --trainer.devices=0", "devices"),
     # ----- data ------------------------------------------------------------------------------------------
-    Case("missing-data-directory", f"{FIT} --data.data_dir={{root}}/absent",
-         "DataNotFoundError: MNIST not found under"),
-    Case("truncated-idx-file", f"{FIT} --data.data_dir={{mnist_truncated}}",
-         "train-images-idx3-ubyte is truncated or corrupt: its header promises"),
+    Case(
+        "missing-data-directory", f"{FIT} --data.data_dir={{root}}/absent", "DataNotFoundError: MNIST not found under"
+    ),
+    Case(
+        "truncated-idx-file",
+        f"{FIT} --data.data_dir={{mnist_truncated}}",
+        "train-images-idx3-ubyte is truncated or corrupt: its header promises",
+    ),
     Case("label-out-of-range-mnist", f"{FIT} --data.data_dir={{mnist_bad_label}}", "MNIST labels outside 0..9"),
-    Case("label-out-of-range-cifar", f"{FIT} {CIFAR}={{cifar_bad_label}}",
-         "DataFormatError: CIFAR10DataModule train split: label 11 is outside 0..9"),
+    Case(
+        "label-out-of-range-cifar",
+        f"{FIT} {CIFAR}={{cifar_bad_label}}",
+        "DataFormatError: CIFAR10DataModule train split: label 11 is outside 0..9",
+    ),
     Case("missing-cifar-batch", f"{FIT} {CIFAR}={{cifar_missing_batch}}", "missing data_batch_3"),
     Case("empty-class-folder", f"{FIT} {CIFAR}={{tree_empty_class}}", "train/cat holds no images"),
     Case("corrupt-jpeg", f"{FIT} {CIFAR}={{tree_corrupt_jpeg}}", "CorruptImageError: cannot decode image"),
-    Case("channel-mismatch", f"{FIT} {CIFAR}={{tree_grayscale}}",
-         "has 1 channel(s) (grayscale) but CIFAR-10 feeds 3-channel models"),
+    Case(
+        "channel-mismatch",
+        f"{FIT} {CIFAR}={{tree_grayscale}}",
+        "has 1 channel(s) (grayscale) but CIFAR-10 feeds 3-channel models",
+    ),
     Case("image-size-mismatch", f"{FIT} {CIFAR}={{tree_wrong_size}}", "is 40x40 pixels but every CIFAR-10 image"),
     # ----- runtime: checkpoints, training ----------------------------------------------------------------
     Case("checkpoint-missing", f"{TEST} --ckpt_path={{root}}/nope.ckpt", "CheckpointError: checkpoint"),
     Case("checkpoint-truncated", f"{TEST} --ckpt_path={{ckpt_truncated}}", "is truncated or corrupt"),
-    Case("checkpoint-malicious", f"{TEST} --ckpt_path={{ckpt_malicious}}",
-         "CheckpointError: refusing to load"),
-    Case("checkpoint-of-another-network", f"{TEST} --model.network.init_args.name=inception_mnist"
-         " --ckpt_path={ckpt_lenet}", "holds the weights of another network"),
-    Case("checkpoint-10-classes-on-cifar100", f"{TEST} --data=datamodules.CIFAR100DataModule --data.download=false"
-         " --data.val_size=10 --data.data_dir={cifar100} --ckpt_path={ckpt_lenet_rgb}",
-         "was trained for 10 classes but this run's data has 100"),
+    Case("checkpoint-malicious", f"{TEST} --ckpt_path={{ckpt_malicious}}", "CheckpointError: refusing to load"),
+    Case(
+        "checkpoint-of-another-network",
+        f"{TEST} --model.network.init_args.name=inception_mnist --ckpt_path={{ckpt_lenet}}",
+        "holds the weights of another network",
+    ),
+    Case(
+        "checkpoint-10-classes-on-cifar100",
+        f"{TEST} --data=datamodules.CIFAR100DataModule --data.download=false"
+        " --data.val_size=10 --data.data_dir={cifar100} --ckpt_path={ckpt_lenet_rgb}",
+        "was trained for 10 classes but this run's data has 100",
+    ),
     Case("checkpoint-last-but-none", f"{TEST} --ckpt_path=last", "no last.ckpt in this configuration's run folders"),
     Case("weights-file-truncated", f"{FIT} --model.weights={{ckpt_truncated}}", "is truncated or corrupt"),
-    Case("weights-file-malicious", f"{FIT} --model.weights={{ckpt_malicious}}",
-         "holds objects other than tensors; refused"),
-    Case("non-finite-loss", f"{FIT} --model.network.init_args.name=inception_mnist --model.optimizer.init_args.lr=1e12"
-         " --trainer.fast_dev_run=4", "NonFiniteLossError: non-finite training loss (nan) at global step 1"),
+    Case(
+        "weights-file-malicious",
+        f"{FIT} --model.weights={{ckpt_malicious}}",
+        "holds objects other than tensors; refused",
+    ),
+    Case(
+        "non-finite-loss",
+        f"{FIT} --model.network.init_args.name=inception_mnist --model.optimizer.init_args.lr=1e12"
+        " --trainer.fast_dev_run=4",
+        "NonFiniteLossError: non-finite training loss (nan) at global step 1",
+    ),
 ]
 
 # Families of cases beyond the first corpus, one file each (``Case`` lines plus their inputs).
@@ -123,12 +192,21 @@ def _write_core_inputs(root: Path) -> dict[str, str]:
 
     paths["mnist"] = write_synthetic_mnist(root / "mnist", n_train=600, n_test=50)
     config = {
-        "trainer": {"accelerator": "cpu", "devices": 1, "fast_dev_run": True, "enable_progress_bar": False,
-                    "enable_model_summary": False},
-        "model": {"network": {"class_path": "architectures.ZooModel", "init_args": {"name": "lenet5"}},
-                  "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}},
-        "data": {"class_path": "datamodules.MNISTDataModule",
-                 "init_args": {"data_dir": str(paths["mnist"]), "batch_size": 16, "val_size": 100, "download": False}},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "fast_dev_run": True,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+        "model": {
+            "network": {"class_path": "architectures.ZooModel", "init_args": {"name": "lenet5"}},
+            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}},
+        },
+        "data": {
+            "class_path": "datamodules.MNISTDataModule",
+            "init_args": {"data_dir": str(paths["mnist"]), "batch_size": 16, "val_size": 100, "download": False},
+        },
     }
     paths["config"] = root / "tiny.yaml"
     paths["config"].write_text(yaml.safe_dump(config))

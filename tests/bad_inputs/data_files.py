@@ -16,30 +16,61 @@ from tests.bad_inputs.case import CIFAR, FIT, MARKER, TEST, Case  # noqa: F401
 from tests.support import write_synthetic_mnist
 
 CASES: list[Case] = [
-    Case("cifar-meta-malicious", f"{FIT} {CIFAR}={{cifar_meta_malicious}}",
-         "batches.meta holds a pickled object of type posix.system, not CIFAR data; refused"),
-    Case("cifar-batch-malicious", f"{FIT} {CIFAR}={{cifar_batch_malicious}}",
-         "data_batch_2 holds a pickled object of type posix.system, not CIFAR data; refused"),
-    Case("cifar-batch-float-data", f"{FIT} {CIFAR}={{cifar_float_data}}",
-         "data_batch_1: 'data' is float64 array of shape (20, 3072); CIFAR batches hold uint8 rows"),
-    Case("idx-impossible-header", f"{FIT} --data.data_dir={{mnist_impossible_header}}",
-         "train-images-idx3-ubyte is truncated or corrupt: its header promises 1,000,000,000,016 bytes"),
-    Case("idx-gz-impossible-header", f"{FIT} --data.data_dir={{mnist_gz_impossible_header}}",
-         "t10k-images-idx3-ubyte.gz is truncated or corrupt: its header promises 1,000,000,000,000 bytes of data"),
-    Case("idx-empty-file", f"{FIT} --data.data_dir={{mnist_empty_labels}}",
-         "train-labels-idx1-ubyte is not an unsigned-byte IDX file (magic number missing"),
-    Case("idx-labels-fewer-than-images", f"{FIT} --data.data_dir={{mnist_short_labels}}",
-         "train-labels-idx1-ubyte holds (299,) labels for the 300 images"),
-    Case("tree-dangling-symlink", f"{FIT} {CIFAR}={{tree_dangling_symlink}}",
-         "cat/0002.png is a dangling symbolic link"),
+    Case(
+        "cifar-meta-malicious",
+        f"{FIT} {CIFAR}={{cifar_meta_malicious}}",
+        "batches.meta holds a pickled object of type posix.system, not CIFAR data; refused",
+    ),
+    Case(
+        "cifar-batch-malicious",
+        f"{FIT} {CIFAR}={{cifar_batch_malicious}}",
+        "data_batch_2 holds a pickled object of type posix.system, not CIFAR data; refused",
+    ),
+    Case(
+        "cifar-batch-float-data",
+        f"{FIT} {CIFAR}={{cifar_float_data}}",
+        "data_batch_1: 'data' is float64 array of shape (20, 3072); CIFAR batches hold uint8 rows",
+    ),
+    Case(
+        "idx-impossible-header",
+        f"{FIT} --data.data_dir={{mnist_impossible_header}}",
+        "train-images-idx3-ubyte is truncated or corrupt: its header promises 1,000,000,000,016 bytes",
+    ),
+    Case(
+        "idx-gz-impossible-header",
+        f"{FIT} --data.data_dir={{mnist_gz_impossible_header}}",
+        "t10k-images-idx3-ubyte.gz is truncated or corrupt: its header promises 1,000,000,000,000 bytes of data",
+    ),
+    Case(
+        "idx-empty-file",
+        f"{FIT} --data.data_dir={{mnist_empty_labels}}",
+        "train-labels-idx1-ubyte is not an unsigned-byte IDX file (magic number missing",
+    ),
+    Case(
+        "idx-labels-fewer-than-images",
+        f"{FIT} --data.data_dir={{mnist_short_labels}}",
+        "train-labels-idx1-ubyte holds (299,) labels for the 300 images",
+    ),
+    Case(
+        "tree-dangling-symlink", f"{FIT} {CIFAR}={{tree_dangling_symlink}}", "cat/0002.png is a dangling symbolic link"
+    ),
     Case("tree-truncated-png", f"{FIT} {CIFAR}={{tree_truncated_png}}", "CorruptImageError: cannot decode image"),
-    Case("tree-folder-named-like-an-image", f"{FIT} {CIFAR}={{tree_folder_as_image}}",
-         "deer/0002.png is a folder; images must sit directly in their class folder"),
+    Case(
+        "tree-folder-named-like-an-image",
+        f"{FIT} {CIFAR}={{tree_folder_as_image}}",
+        "deer/0002.png is a folder; images must sit directly in their class folder",
+    ),
     Case("tree-stray-file", f"{FIT} {CIFAR}={{tree_stray_file}}", "labels.csv is not an image file by its extension"),
-    Case("tree-grayscale-alpha", f"{FIT} {CIFAR}={{tree_grayscale_alpha}}",
-         "has 2 channel(s) (grayscale + alpha) but CIFAR-10 feeds 3-channel models"),
-    Case("tree-float-tiff", f"{FIT} {CIFAR}={{tree_float_tiff}}",
-         "is a 32-bit floating-point grayscale (F) image; refused"),
+    Case(
+        "tree-grayscale-alpha",
+        f"{FIT} {CIFAR}={{tree_grayscale_alpha}}",
+        "has 2 channel(s) (grayscale + alpha) but CIFAR-10 feeds 3-channel models",
+    ),
+    Case(
+        "tree-float-tiff",
+        f"{FIT} {CIFAR}={{tree_float_tiff}}",
+        "is a 32-bit floating-point grayscale (F) image; refused",
+    ),
 ]
 
 
@@ -82,8 +113,14 @@ def write_inputs(root: Path) -> dict[str, Path]:
     write_idx(paths["mnist_short_labels"] / "MNIST" / "raw" / "train-labels-idx1-ubyte", np.zeros(299, np.uint8))
 
     tree = {"train": 2, "test": 1}
-    for name in ("tree_dangling_symlink", "tree_truncated_png", "tree_folder_as_image", "tree_stray_file",
-                 "tree_grayscale_alpha", "tree_float_tiff"):
+    for name in (
+        "tree_dangling_symlink",
+        "tree_truncated_png",
+        "tree_folder_as_image",
+        "tree_stray_file",
+        "tree_grayscale_alpha",
+        "tree_float_tiff",
+    ):
         paths[name] = root / name
         write_image_tree(paths[name], per_class=tree, formats=("png",))
     (paths["tree_dangling_symlink"] / "train" / "cat" / "0002.png").symlink_to(root / "nowhere" / "gone.png")
