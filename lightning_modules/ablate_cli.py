@@ -139,6 +139,15 @@ class AblateCLI(LightningCLI):
         ):
             refuse = getattr(self.model, "check_finite", True)  # check_finite=False trains through NaN
             config["plugins"] = [*plugins, AtomicCheckpointIO(refuse_non_finite=refuse)]
+        # The EMA first: its update of a step is in any checkpoint a later callback saves at that step's end
+        # (CheckpointOnSignal's last.ckpt), so a resumed average has every step.
+        from lightning_modules.ema import EMA
+
+        averages = [callback for callback in callbacks if isinstance(callback, EMA)]
+        callbacks = [callback for callback in callbacks if not isinstance(callback, EMA)]
+        existing = config.get("callbacks")
+        existing = [] if existing is None else existing if isinstance(existing, list) else [existing]
+        config["callbacks"] = [*averages, *existing]
         trainer = super()._instantiate_trainer(config, callbacks)
         _align_logger_versions(trainer.loggers)
         # For the exit status (had training begun when an error came?); weak, so a finished run's

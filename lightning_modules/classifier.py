@@ -28,7 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from architectures.common import AuxOutputs, count_params
 from lightning_modules import evaluation, inference, transfer
-from lightning_modules.ema import averaged_copy
+from lightning_modules.ema import EMA, averaged_copy
 from lightning_modules.errors import CheckpointError
 from lightning_modules.param_groups import build_param_groups, check_prefixes, scale_group_lrs
 from lightning_modules.schedules import build_scheduler
@@ -62,11 +62,6 @@ def _accuracy_metrics(num_classes: int) -> MetricCollection:
 
 def _logits(out: torch.Tensor | AuxOutputs) -> torch.Tensor:
     return out.logits if isinstance(out, AuxOutputs) else out
-
-
-def _hard(targets: torch.Tensor) -> torch.Tensor:
-    """Class indices of class indices or of soft targets (MixUp/CutMix)."""
-    return targets.argmax(dim=1) if targets.is_floating_point() else targets
 
 
 class ImageClassifier(pl.LightningModule):
@@ -247,7 +242,7 @@ class ImageClassifier(pl.LightningModule):
         # synchronised once when the metric is computed.
         if self._step_is_logged():
             self.log("train/loss", detached, on_step=True, on_epoch=False, prog_bar=True)
-        self._train_queue.append((_logits(out).detach(), _hard(targets), detached, len(images)))
+        self._train_queue.append((_logits(out).detach(), evaluation.hard_targets(targets), detached, len(images)))
         if len(self._train_queue) >= TRAIN_METRIC_BATCHES:
             self._update_train_metrics()
         if len(losses) > 2:  # aux heads present: log every part
@@ -287,7 +282,7 @@ class ImageClassifier(pl.LightningModule):
         images, targets = batch
         logits = self.eval_logits(self.evaluated_network(), images, stage).detach()
         loss = self.compute_loss(logits, targets)["loss"].detach()
-        hard_targets = _hard(targets)
+        hard_targets = evaluation.hard_targets(targets)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(logits, hard_targets)
         self.eval_counts[stage].update(hard_targets)
@@ -363,6 +358,12 @@ class ImageClassifier(pl.LightningModule):
                 "the checkpoint holds no EMA weights (its run had no --ema.decay): drop --ema.* "
                 "to evaluate its weights, or start a run from them with --model.weights"
             )
+        if self.ema_network is None and has_average and self._fitting():
+            raise CheckpointError(
+                "the checkpoint holds an EMA of the weights and this run has no EMA callback to "
+                "go on averaging them: resume with its --ema.decay, or start a new run from its "
+                "weights with --model.weights"
+            )
         if self.ema_network is None and has_average:
             # Averaged weights without the EMA callback (load_model, or a test without --ema.*): a place
             # for them, evaluated as the run did. Checkpoints from before the callback kept the setting
@@ -370,6 +371,10 @@ class ImageClassifier(pl.LightningModule):
             self.ema_network = averaged_copy(self.network)
             evaluated = checkpoint.get(EMA_EVALUATED, (checkpoint.get("hyper_parameters") or {}).get("ema_eval"))
             self.evaluate_ema = bool(evaluated)
+
+    def _fitting(self) -> bool:
+        trainer = self._trainer  # None when loaded in Python without a Trainer
+        return trainer is not None and trainer.state.fn == "fit"
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -392,6 +397,15 @@ class ImageClassifier(pl.LightningModule):
     # ----- weights, compilation, optimiser ------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        if (
+            stage == "fit"
+            and self.ema_network is not None
+            and not any(isinstance(callback, EMA) and callback.decay for callback in self.trainer.callbacks)
+        ):  # a model loaded with its average, trained on without the callback: the average would go stale
+            raise ValueError(
+                "this model holds an EMA of its weights and the trainer has no EMA callback to go on averaging "
+                "them: add lightning_modules.EMA(decay=...) to its callbacks, or set model.ema_network = None"
+            )
         # Pretrained weights start a run; a checkpoint being restored (ckpt_path) overrides them.
         resuming = getattr(self._trainer, "ckpt_path", None) is not None
         if self.weights and not self._weights_loaded and not resuming:

@@ -111,6 +111,39 @@ def describe_yaml_error(error: yaml.YAMLError) -> str:
     return f"{where}: {problem}"
 
 
+# Model settings that became callbacks' (lightning_modules/ema.py, transfer.FineTune): new place and
+# the value each had when unset. Every run's config.yaml written before names them all, so they are
+# moved as a config is read rather than refused.
+MOVED_MODEL_KEYS = {
+    "ema_decay": ("ema", "decay", 0.0),
+    "ema_eval": ("ema", "evaluate", False),
+    "freeze": ("fine_tune", "freeze", None),
+    "freeze_bn_stats": ("fine_tune", "freeze_bn_stats", True),
+    "head_lr_multiplier": ("fine_tune", "head_lr_multiplier", 1.0),
+}
+
+
+def move_retired_keys(config: object) -> object:
+    """A loaded config with its ``model`` settings of ``MOVED_MODEL_KEYS`` under their new keys (those
+    at their unset value dropped; a new key the config also sets wins)."""
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        return config
+    model = config["model"]
+    for settings in (model, model.get("init_args")):
+        if not isinstance(settings, dict):
+            continue
+        for old, (group, key, unset) in MOVED_MODEL_KEYS.items():
+            if old not in settings:
+                continue
+            value = settings.pop(old)
+            if value == unset or (value == [] and unset is None):
+                continue
+            if not isinstance(config.get(group), dict):
+                config[group] = {}
+            config[group].setdefault(key, value)
+    return config
+
+
 _installed = False
 
 
@@ -126,7 +159,7 @@ def install() -> None:
     def guarded_yaml_load(stream):
         if isinstance(stream, str):
             check_yaml_text(stream)  # composing does not depend on jsonargparse's resolvers
-        return original(stream)
+        return move_retired_keys(original(stream))
 
     set_loader("yaml", guarded_yaml_load, exceptions=(yaml.YAMLError,))
     _installed = True

@@ -28,19 +28,16 @@ _NOISE = (
     "Expected a path but",
 )
 
-# Model settings that became callbacks' (lightning_modules/ema.py, transfer.FineTune): an old config
-# naming one is told where it went.
-_MOVED = {
-    "model.ema_decay": "ema.decay",
-    "model.ema_eval": "ema.evaluate",
-    "model.freeze": "fine_tune.freeze",
-    "model.freeze_bn_stats": "fine_tune.freeze_bn_stats",
-    "model.head_lr_multiplier": "fine_tune.head_lr_multiplier",
-}
-
 
 def _moved_keys(text: str) -> str:
-    moved = [f"{old} is now {new}" for old, new in _MOVED.items() if re.search(rf"\b{re.escape(old)}\b", text)]
+    """Where a model setting named on the command line went (config files are moved as they load)."""
+    from lightning_modules.config_files import MOVED_MODEL_KEYS
+
+    moved = [
+        f"model.{old} is now {group}.{key}"
+        for old, (group, key, _) in MOVED_MODEL_KEYS.items()
+        if re.search(rf"\bmodel\.{old}\b", text)
+    ]
     return f" ({'; '.join(moved)})" if moved else ""
 
 

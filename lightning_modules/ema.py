@@ -23,6 +23,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_modules.evaluation import hard_targets
+
 
 def averaged_copy(network: nn.Module, decay: float | None = None) -> AveragedModel:
     """A frozen ``AveragedModel`` of ``network`` (parameters and buffers); ``decay`` None: a container
@@ -68,9 +70,15 @@ class EMA(Callback):
         # Before the checkpoint (if any) is restored, so its ema_network.* keys have a place to go.
         if pl_module.ema_network is None:
             pl_module.ema_network = averaged_copy(pl_module.network, self.decay)
+        else:  # an average the model already held (a loaded checkpoint, an earlier fit): this decay from now on
+            pl_module.ema_network.avg_fn, pl_module.ema_network.multi_avg_fn = None, get_ema_multi_avg_fn(self.decay)
         pl_module.evaluate_ema = self.evaluate
         accuracy = MulticlassAccuracy
         self._other_acc = {stage: accuracy(pl_module.num_classes, average="micro") for stage in ("val", "test")}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed run's first update comes after its first optimiser step, not after its first batch.
+        self._updated_at = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         # Once per optimiser step (not per batch when gradients accumulate).
@@ -93,8 +101,7 @@ class EMA(Callback):
         other = pl_module.network if pl_module.evaluate_ema else pl_module.ema_network.module
         with torch.no_grad():
             logits = pl_module.eval_logits(other, images, stage)
-        hard_targets = targets.argmax(dim=1) if targets.is_floating_point() else targets
-        self._other_acc[stage].update(logits, hard_targets)
+        self._other_acc[stage].update(logits, hard_targets(targets))
         self._other_seen[stage] = True
 
     def _log(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

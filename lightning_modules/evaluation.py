@@ -110,6 +110,11 @@ def log_confusion_matrix(loggers: Sequence[object], confusion: torch.Tensor, nam
                 figure.savefig(handle, format="png")
 
 
+def hard_targets(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices of class indices or of soft targets (MixUp/CutMix)."""
+    return targets.argmax(dim=1) if targets.is_floating_point() else targets
+
+
 class ClassCounts(Metric):
     """Images per class an evaluation saw, summed over processes: what a limited evaluation covered.
 

@@ -181,6 +181,20 @@ def check_needs_weights(subcommand: str, run: Any, model: Any) -> None:
     )
 
 
+def check_fine_tune_prefixes(run: Any, model: Any) -> None:
+    """``fine_tune.freeze`` names parts of the network: a name that matches none is refused now, not
+    when the FineTune callback sets up (after the data is prepared)."""
+    from lightning_modules.param_groups import check_prefixes
+
+    prefixes = lookup(run, "fine_tune", "freeze")
+    network = getattr(model, "network", None)
+    if prefixes and network is not None:
+        try:
+            check_prefixes(network, list(prefixes), "fine_tune.freeze")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
 def check_linked_values(run: Any, datamodule: Any) -> None:
     """The CLI links ``data.num_classes``/``data.in_chans`` into the network, overwriting any value
     given for them; a given value that differs from the data's is an error, not silently replaced."""

@@ -84,9 +84,9 @@ def prepare_run(config: Any) -> dict[str, Any] | None:
 
 def check_run(cli: Any, checkpoint: dict[str, Any] | None) -> Path | None:
     """Checks once the classes exist: explicit ``num_classes``/``in_chans`` that contradict the
-    data, evaluation without trained weights, a checkpoint that does not fit the network (or holds
-    non-finite weights), a resume that changes the run's settings; then the run folder is locked
-    for this process. Runs before any data is read.
+    data, ``fine_tune.freeze`` names that match no parameter, evaluation without trained weights,
+    a checkpoint that does not fit the network (or holds non-finite weights), a resume that changes
+    the run's settings; then the run folder is locked for this process. Runs before any data is read.
 
     Returns:
         The run folder this process now holds (``run_lock``; the CLI releases it when the run
@@ -95,6 +95,7 @@ def check_run(cli: Any, checkpoint: dict[str, Any] | None) -> Path | None:
     subcommand = cli.subcommand
     run = cli.config[subcommand] if subcommand else cli.config  # run=False: no subcommand level
     run_guards.check_linked_values(run, cli.datamodule)
+    run_guards.check_fine_tune_prefixes(run, cli.model)
     if subcommand:
         run_guards.check_needs_weights(subcommand, run, cli.model)
     if checkpoint is not None:

@@ -184,8 +184,8 @@ class FineTune(Callback):
         freeze_bn_stats: Keep the batch-norm layers under ``freeze`` in eval mode, so their running
             statistics stay the loaded ones.
         head_lr_multiplier: Multiplier of the learning rate of the network's head (its last module
-            with parameters, e.g. ``fc`` or ``classifier.6``); a prefix of the classifier's own
-            ``lr_multipliers`` wins over it.
+            with parameters, e.g. ``fc`` or ``classifier.6``); an entry of the classifier's
+            ``lr_multipliers`` for exactly the head's name wins over it.
     """
 
     def __init__(
@@ -202,6 +202,7 @@ class FineTune(Callback):
         network = pl_module.network
         if self.head_lr_multiplier != 1.0:
             pl_module.lr_multipliers.setdefault(head_name(network), self.head_lr_multiplier)
+        check_prefixes(network, self.freeze, "fine_tune.freeze")
         freeze(network, self.freeze)
         names = frozen_norm_layers(network, self.freeze) if self.freeze_bn_stats else []
         self._frozen_norms = [network.get_submodule(name) for name in names]

@@ -19,6 +19,7 @@ import yaml
 from experiments import cli
 from experiments.cli.error_lines import os_error_message
 from experiments.studies.study import StudyError, load_study
+from lightning_modules.ablate_cli import run_lightning_cli
 from lightning_modules.config_files import ConfigFileError, check_yaml_text, expanded_size
 from lightning_modules.output_folders import why_unwritable
 from lightning_modules.transfer import read_state_dict
@@ -146,22 +147,39 @@ def test_values_out_of_range_are_refused_before_the_run(
 
 
 @pytest.mark.parametrize(
-    ("given", "expect"),
+    ("flag", "expect"),
     [
-        (["--model.ema_decay=0.9"], "model.ema_decay is now ema.decay"),
-        (["--model.freeze=[features]"], "model.freeze is now fine_tune.freeze"),
-        ("model:\n  head_lr_multiplier: 10\n", "model.head_lr_multiplier is now fine_tune.head_lr_multiplier"),
+        ("--model.ema_decay=0.9", "model.ema_decay is now ema.decay"),
+        ("--model.freeze=[features]", "model.freeze is now fine_tune.freeze"),
     ],
 )
 def test_a_setting_that_became_a_callbacks_says_where_it_went(
-    given: list[str] | str, expect: str, tmp_path: Path, monkeypatch, capsys
+    flag: str, expect: str, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    if isinstance(given, str):
-        (tmp_path / "old.yaml").write_text(given)
-        given = ["--config", str(tmp_path / "old.yaml")]
-    code, last, _ = _fails(["fit", "--config", str(_config(tmp_path)), *given], capsys)
+    code, last, _ = _fails(["fit", "--config", str(_config(tmp_path)), flag], capsys)
     assert code == 2 and last.startswith("ablate: error: ConfigError: ") and last.endswith(f"({expect})"), last
+
+
+def test_a_config_saved_before_the_callbacks_loads_with_its_settings_moved(tmp_path: Path, monkeypatch) -> None:
+    """Every run's config.yaml written before names the model's old EMA and freezing settings; unset
+    ones are dropped, set ones go to the callbacks' keys, and a new key given too wins."""
+    monkeypatch.chdir(tmp_path)
+    old = {"model": {"ema_decay": 0.9, "ema_eval": False, "freeze": None, "freeze_bn_stats": True,
+                     "head_lr_multiplier": 10.0}}  # fmt: skip
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    args = ["--config", str(_config(tmp_path)), "--config", str(tmp_path / "old.yaml"), "--ema.evaluate=true"]
+    config = run_lightning_cli(args, run=False).config
+    assert config.ema.decay == 0.9 and config.ema.evaluate is True
+    assert config.fine_tune.head_lr_multiplier == 10.0 and config.fine_tune.freeze is None
+    assert "ema_decay" not in config.model and "head_lr_multiplier" not in config.model
+
+
+def test_a_freeze_name_that_matches_nothing_is_refused_before_any_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, last, _ = _fails(["fit", "--config", str(_config(tmp_path)), "--fine_tune.freeze=[convs]"], capsys)
+    assert code == 2 and last.startswith("ablate: error: ConfigError: fine_tune.freeze: 'convs' matches no "), last
+    assert not (tmp_path / "runs").exists(), "refused before any folder was made"
 
 
 def test_lightning_misconfiguration_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from architectures import create_model
 from lightning_modules import EMA, FineTune, ImageClassifier
+from lightning_modules.errors import CheckpointError
 from lightning_modules.param_groups import NORM_LAYERS
 from lightning_modules.prediction_writer import CSVPredictionWriter
 from lightning_modules.schedules import WarmupCosine, WarmupMultiStep
@@ -293,6 +294,17 @@ def test_ema_weights_differ_from_raw_and_are_evaluated_when_asked(tmp_path: Path
     assert _accuracy(loaded.evaluated_network(), data) == pytest.approx(_accuracy(ema_copy, data))
     for key, value in ema_state.items():
         assert torch.equal(loaded.ema_network.module.state_dict()[key], value)
+
+    # Trained on, the loaded average takes the new callback's decay; without a callback it is refused.
+    with pytest.raises(ValueError, match="no EMA callback to go on averaging"):
+        quick_trainer(max_steps=1).fit(loaded, datamodule=data)
+    quick_trainer(max_steps=1, callbacks=[EMA(decay=0.25)]).fit(loaded, datamodule=data)
+    assert loaded.ema_network.multi_avg_fn is not None and loaded.ema_network.n_averaged.item() == 5
+    # Resuming the run's checkpoint without its EMA is refused before a step is taken.
+    with pytest.raises(CheckpointError, match="holds an EMA of the weights and this run has no EMA callback"):
+        quick_trainer(max_steps=6).fit(
+            ImageClassifier(TinyNet(), optimizer=sgd(0.2)), datamodule=data, ckpt_path=tmp_path / "ema.ckpt"
+        )
 
 
 # ----- precision and speed -------------------------------------------------------------------------

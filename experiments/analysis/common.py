@@ -31,7 +31,7 @@ from lightning_modules.files import open_atomic, write_text_atomic
 
 # Top-level keys of a saved config that the model/data parser knows; `ablate fit` also saves
 # subcommand arguments (ckpt_path, weights_only) that only its own subcommand accepts.
-CONFIG_KEYS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler")
+CONFIG_KEYS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler", "ema", "fine_tune")
 # The trainer is built by the CLI but never used here: keep it from touching devices or loggers.
 TRAINER_OVERRIDES = (
     "--trainer.logger=false",
@@ -194,9 +194,11 @@ def load_run(
     overrides = [f"--data.init_args.data_dir={data_dir}"] if data_dir else []
     module, datamodule = build_from_config(config, overrides)
     if ckpt is not None:
-        state = load_checkpoint(ckpt).get("state_dict")
+        saved = load_checkpoint(ckpt)
+        state = saved.get("state_dict")
         if state is None:
             raise ValueError(f"{ckpt}: no state_dict in this checkpoint")
+        module.on_load_checkpoint(saved)  # as Lightning does before loading: a place for an EMA's weights
         missing, unexpected = module.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(
