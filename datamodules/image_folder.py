@@ -192,12 +192,6 @@ def _mode_name(mode: str) -> str:
     return f"{MODE_NAMES.get(mode, 'unknown mode')} ({mode})"
 
 
-def image_mode(path: str | Path) -> str:
-    """The file's PIL mode with its name, e.g. ``palette (P)``; reads the header only."""
-    with Image.open(path) as image:
-        return _mode_name(image.mode)
-
-
 def mode_channels(path: str | Path, decoded: torch.Tensor) -> tuple[int, str]:
     """Bands stored in the file (alpha included) and the mode's name, e.g. ``(2, "grayscale + alpha")``."""
     try:

@@ -11,8 +11,9 @@ notebook: ``lightning_modules.inference`` (``load_model``).
 import sys
 from types import ModuleType
 
-from lightning_modules.classifier import ImageClassifier, NonFiniteLossError
+from lightning_modules.classifier import ImageClassifier
 from lightning_modules.ema import EMA
+from lightning_modules.errors import NonFiniteLossError
 from lightning_modules.exact_resume import ExactResume
 from lightning_modules.inference import Prediction, Predictor, load_model
 from lightning_modules.preemption import CheckpointOnSignal

@@ -293,6 +293,8 @@ def _align_logger_versions(loggers: list) -> None:
         return
     version = loggers[0].version
     for logger in loggers[1:]:
+        # Private: the loggers take a version only at construction, and the first logger's is known only
+        # once it has looked at the folder; an unset `_version` is the one a logger would number itself.
         if hasattr(logger, "_version") and getattr(logger, "_version", None) is None:
             logger._version = version
 

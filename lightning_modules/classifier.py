@@ -28,8 +28,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from architectures.common import AuxOutputs, count_params
 from lightning_modules import evaluation, inference, transfer
+from lightning_modules.divergence import last_good_checkpoint
 from lightning_modules.ema import EMA, averaged_copy
-from lightning_modules.errors import CheckpointError
+from lightning_modules.errors import CheckpointError, NonFiniteLossError
 from lightning_modules.param_groups import build_param_groups, check_prefixes, scale_group_lrs
 from lightning_modules.schedules import build_scheduler
 
@@ -40,17 +41,6 @@ TRAIN_METRIC_BATCHES = 16
 
 # Where the EMA callback's setting is kept in a checkpoint, so the weights evaluated are known without it.
 EMA_EVALUATED = "ema_evaluated"
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the step, likely causes and the
-    last good checkpoint."""
-
-
-def _last_good(trainer: pl.Trainer | None) -> str:
-    from lightning_modules.divergence import last_good_checkpoint  # it imports this module
-
-    return last_good_checkpoint(trainer)
 
 
 def _accuracy_metrics(num_classes: int) -> MetricCollection:
@@ -232,7 +222,7 @@ class ImageClassifier(pl.LightningModule):
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
                 f"(epoch {self.current_epoch}, batch {batch_idx}). Likely causes: a learning rate too "
                 "high for this network or batch size, missing normalisation layers, fp16 overflow, or "
-                f"corrupt input data. Nothing of this step was saved; {_last_good(self._trainer)}."
+                f"corrupt input data. Nothing of this step was saved; {last_good_checkpoint(self._trainer)}."
             )
         detached = loss.detach()
         self.step_loss = detached
@@ -253,7 +243,8 @@ class ImageClassifier(pl.LightningModule):
 
     def _step_is_logged(self) -> bool:
         """Whether the loggers write this step: every ``log_every_n_steps``, or when training is told to stop."""
-        connector = getattr(self._trainer, "_logger_connector", None)  # None when no trainer runs it
+        # Private: Lightning has no public "do the loggers write this step"; None when no trainer runs it.
+        connector = getattr(self._trainer, "_logger_connector", None)
         return bool(getattr(connector, "should_update_logs", True))
 
     def _update_train_metrics(self) -> None:

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from lightning_modules.classifier import NonFiniteLossError
+from lightning_modules.errors import NonFiniteLossError
 
 # Not "resume": a resume restores the old optimiser state, and one with a changed learning rate is
 # refused (run_guards.check_resumed_config); a new run starting from the weights can lower it.

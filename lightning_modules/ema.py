@@ -30,6 +30,7 @@ def averaged_copy(network: nn.Module, decay: float | None = None) -> AveragedMod
     """A frozen ``AveragedModel`` of ``network`` (parameters and buffers); ``decay`` None: a container
     for averaged weights read from a checkpoint."""
     # A compiled network (nn.Module.compile) would lend the copy its compiled forward: copy it plain.
+    # nn.Module.compile keeps that forward in the private `_compiled_call_impl`, and has no public undo.
     compiled = network.__dict__.pop("_compiled_call_impl", None)
     try:
         plain = copy.deepcopy(network)

@@ -12,3 +12,8 @@ class CheckpointError(ValueError):
 
 class ConfigError(ValueError):
     """A configuration that parses but cannot be what the user meant (the message says why)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step, likely causes and the
+    last good checkpoint."""

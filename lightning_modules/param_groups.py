@@ -19,7 +19,7 @@ from torch import nn
 
 # Layers whose parameters are a scale and a shift of normalised activations.
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*: torch's one base, not public
     nn.GroupNorm,
     nn.LayerNorm,
     nn.LocalResponseNorm,

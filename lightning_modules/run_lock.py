@@ -127,11 +127,6 @@ def release(folder: str | Path) -> None:
         unlock(handle)
 
 
-def release_all() -> None:
-    for folder in list(_HELD):
-        release(folder)
-
-
 def held() -> list[Path]:
     return list(_HELD)
 

@@ -167,6 +167,7 @@ def frozen_norm_layers(network: nn.Module, prefixes: Iterable[str]) -> list[str]
     return [
         name
         for name, module in network.named_modules()
+        # _BatchNorm: torch's one base of BatchNorm1d/2d/3d, SyncBatchNorm and the lazy ones (no public one).
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(matches(name, p) for p in prefixes)
     ]
 

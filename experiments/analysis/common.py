@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lightning_modules.ablate_cli import FINAL_CHECKPOINT, run_lightning_cli
+from lightning_modules.checkpoint_loading import load_checkpoint
 from lightning_modules.files import open_atomic, write_text_atomic
 
 # Top-level keys of a saved config that the model/data parser knows; `ablate fit` also saves
@@ -146,17 +147,6 @@ def _recorded_best(last: Path) -> str | None:
         if path and score is not None and Path(path).name != last.name:
             return Path(path).name
     return None
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A Lightning checkpoint read with ``weights_only=True`` (tensors and primitive values only)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # UnpicklingError names the global that weights_only refused
-        raise ValueError(
-            f"{path}: cannot be read as a weights-only checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0]})"
-        ) from error
 
 
 def build_from_config(config: Path, overrides: Sequence[str] = ()) -> tuple[Any, Any]:

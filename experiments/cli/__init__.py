@@ -87,8 +87,7 @@ def _classify(error: BaseException) -> int:
 
     from datamodules.base import DataFormatError, DataNotFoundError
     from experiments.studies.study import StudyError
-    from lightning_modules.classifier import NonFiniteLossError
-    from lightning_modules.errors import CheckpointError, ConfigError
+    from lightning_modules.errors import CheckpointError, ConfigError, NonFiniteLossError
 
     if isinstance(error, NonFiniteLossError):
         return EXIT_TRAINING_FAILED
@@ -112,7 +111,7 @@ def _run_tool(name: str, argv: list[str]) -> int:
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from lightning_fabric.utilities.exceptions import MisconfigurationException  # Lightning's "bad setting"
 
-    from lightning_modules.classifier import NonFiniteLossError
+    from lightning_modules.errors import NonFiniteLossError
 
     # ValueError covers ConfigError, CheckpointError, StudyError, DataFormatError; OSError covers
     # FileNotFoundError, DataNotFoundError, a path that cannot be written, a full disk.

@@ -115,10 +115,6 @@ def _quote(args: list[str]) -> str:
     return " ".join(quote(arg) for arg in args)
 
 
-def _split(values: str | None) -> list[str] | None:
-    return [value.strip() for value in values.split(",") if value.strip()] if values else None
-
-
 def sbatch_header(resources: Resources, workdir: Path, array: int | None = None) -> list[str]:
     """The ``#SBATCH`` lines: layout, limits, requeue on SIGUSR1, log file."""
     log = f"{resources.job_name}-%A_%a.out" if array is not None else f"{resources.job_name}-%j.out"
@@ -239,7 +235,14 @@ def sweep_task(argv: list[str]) -> int:
         signal.signal(signal.SIGUSR1, lambda signum, frame: None)
         return sweep.main(argv)
     study = load_study(args.study)
-    runs = sweep.plan(study, args.tier, args.seeds, Path(args.out).resolve(), _split(args.only), _split(args.exclude))
+    runs = sweep.plan(
+        study,
+        args.tier,
+        args.seeds,
+        Path(args.out).resolve(),
+        sweep.split_names(args.only),
+        sweep.split_names(args.exclude),
+    )
     if not 0 <= args.task_index < len(runs):
         raise StudyError(f"--task-index {args.task_index} outside the {len(runs)} planned runs")
     run = runs[args.task_index]
@@ -328,7 +331,9 @@ def render(args: argparse.Namespace, workdir: Path) -> tuple[str, Resources]:
     if args.study:
         study = load_study(args.study)
         out = Path(args.out).resolve()
-        runs = sweep.plan(study, args.tier, args.seeds, out, _split(args.only), _split(args.exclude))
+        runs = sweep.plan(
+            study, args.tier, args.seeds, out, sweep.split_names(args.only), sweep.split_names(args.exclude)
+        )
         default_name = f"{study.name}-{args.tier}"
     else:
         default_name = Path(args.config[-1]).stem

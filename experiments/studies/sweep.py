@@ -585,7 +585,8 @@ def _log_outcome(run: PlannedRun, record: dict | None, log) -> None:
         log(f"FAILED  {run.label}: {record['reason']}")
 
 
-def _split(values: str | None) -> list[str] | None:
+def split_names(values: str | None) -> list[str] | None:
+    """``--only``/``--exclude``'s comma-separated arm names as a list (None when not given)."""
     return [v.strip() for v in values.split(",") if v.strip()] if values else None
 
 
@@ -633,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     study = load_study(args.study)
     out = Path(args.out).resolve()
-    runs = plan(study, args.tier, args.seeds, out, _split(args.only), _split(args.exclude))
+    runs = plan(study, args.tier, args.seeds, out, split_names(args.only), split_names(args.exclude))
     extra = [f"--{item}" if not item.startswith("--") else item for item in args.set]
     if args.list:
         for index, run in enumerate(runs):
