@@ -21,13 +21,12 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from lightning_modules.files import write_json_atomic
 from lightning_modules.preemption import last_checkpoint_path
 from lightning_modules.quiet import say
+from lightning_modules.run_folders import FINAL_CHECKPOINT
 
 # The presets users name on the command line; defaults.yaml is the one every run starts from.
 PRESETS = Path(__file__).parent.parent / "experiments" / "presets"
 # Written by `fit --test_after_fit` into the run folder: {"final"|"best": {"metrics": {...}, ...}}.
 TEST_RESULTS = "test_results.json"
-# The weights at the end of training, saved beside last.ckpt by `fit --test_after_fit` when it tests them.
-FINAL_CHECKPOINT = "final.ckpt"
 # Exit statuses: a run that could not start (configuration, data, checkpoint) is the user's to fix and
 # says nothing about the arm; a run that failed while training (divergence, a crash mid-run) is a result.
 EXIT_TRAINING_FAILED = 1

@@ -30,7 +30,7 @@ from torch import nn
 
 from lightning_modules.checkpoint_loading import load_checkpoint
 from lightning_modules.errors import CheckpointError
-from lightning_modules.run_folders import LAST
+from lightning_modules.run_folders import FINAL_CHECKPOINT, LAST
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 ENTRY = "inference"
 # The end-of-training weights `ablate fit --test_after_fit` keeps, then the newest state.
-RUN_CHECKPOINTS = ("final.ckpt", LAST)
+RUN_CHECKPOINTS = (FINAL_CHECKPOINT, LAST)
 _PLAIN = (str, int, float, bool, type(None))
 _NOT_PLAIN = object()
 

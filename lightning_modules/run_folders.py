@@ -34,6 +34,8 @@ from lightning_modules.files import open_atomic
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
+# The weights at the end of training, saved beside last.ckpt by `fit --test_after_fit` when it tests them.
+FINAL_CHECKPOINT = "final.ckpt"
 # A folder holding one of these beside checkpoints/ is a run folder that `ablate fit` wrote.
 RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml")
 FILE_LOGGERS = ("CSVLogger", "TensorBoardLogger")

@@ -26,9 +26,10 @@ from unittest import mock
 import torch
 from torch import nn
 
-from lightning_modules.ablate_cli import FINAL_CHECKPOINT, run_lightning_cli
+from lightning_modules.ablate_cli import run_lightning_cli
 from lightning_modules.checkpoint_loading import load_checkpoint
 from lightning_modules.files import open_atomic, write_text_atomic
+from lightning_modules.run_folders import FINAL_CHECKPOINT, LAST
 
 # Top-level keys of a saved config that the model/data parser knows; `ablate fit` also saves
 # subcommand arguments (ckpt_path, weights_only) that only its own subcommand accepts.
@@ -116,14 +117,14 @@ def find_checkpoint(run_dir: Path, which: str = "tested") -> Path:
     found = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
     if not found:
         raise FileNotFoundError(f"no checkpoints in {folder}: did the run train at least one epoch or step?")
-    last = folder / "last.ckpt"
+    last = folder / LAST
     if which == "last":
         if not last.is_file():
             raise FileNotFoundError(f"{last} not found; checkpoints there: {', '.join(p.name for p in found)}")
         return last
     if which != "best":
         raise ValueError(f"checkpoint must be 'tested', 'best', 'last' or 'none', got {which!r}")
-    others = [p for p in found if p.name not in ("last.ckpt", FINAL_CHECKPOINT)]
+    others = [p for p in found if p.name not in (LAST, FINAL_CHECKPOINT)]
     if last.is_file():
         recorded = _recorded_best(last)
         if recorded is not None and (folder / recorded).is_file():

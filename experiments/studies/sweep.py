@@ -50,6 +50,7 @@ from experiments.studies.study import TIERS, Arm, Study, StudyError, grid_label,
 from lightning_modules import run_lock
 from lightning_modules.ablate_cli import EXIT_SETUP_ERROR, TEST_RESULTS
 from lightning_modules.files import write_json_atomic, write_text_atomic
+from lightning_modules.run_folders import CHECKPOINTS, LAST
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = "runs"
@@ -215,9 +216,7 @@ def resume_checkpoint(directory: Path) -> Path | None:
     An explicit ``--ckpt_path`` beats Lightning's own HPC resume, so the runner must pick the
     newer one itself or a requeued task would restart from its last validation checkpoint.
     """
-    candidates = [
-        p for p in (directory / "checkpoints" / "last.ckpt", *directory.glob("hpc_ckpt_*.ckpt")) if p.is_file()
-    ]
+    candidates = [p for p in (directory / CHECKPOINTS / LAST, *directory.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
