@@ -141,7 +141,7 @@ def load_weights(network: nn.Module, source: str, skip_mismatched_head: bool = T
     return mismatched
 
 
-def freeze(network: nn.Module, prefixes: Iterable[str]) -> list[str]:
+def freeze(network: nn.Module, prefixes: Iterable[str], setting: str = "freeze") -> list[str]:
     """Set ``requires_grad=False`` on every parameter under one of ``prefixes``; returns their names.
 
     Args:
@@ -151,7 +151,7 @@ def freeze(network: nn.Module, prefixes: Iterable[str]) -> list[str]:
             the whole network.
     """
     prefixes = list(prefixes)
-    check_prefixes(network, prefixes, "freeze")
+    check_prefixes(network, prefixes, setting)  # an unknown name is refused under the setting that gave it
     frozen = []
     for name, param in network.named_parameters():
         if any(matches(name, prefix) for prefix in prefixes):
@@ -203,8 +203,7 @@ class FineTune(Callback):
         network = pl_module.network
         if self.head_lr_multiplier != 1.0:
             pl_module.lr_multipliers.setdefault(head_name(network), self.head_lr_multiplier)
-        check_prefixes(network, self.freeze, "fine_tune.freeze")
-        freeze(network, self.freeze)
+        freeze(network, self.freeze, "fine_tune.freeze")
         names = frozen_norm_layers(network, self.freeze) if self.freeze_bn_stats else []
         self._frozen_norms = [network.get_submodule(name) for name in names]
 
