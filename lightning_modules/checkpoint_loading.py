@@ -87,7 +87,7 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], pa
     saved = checkpoint.get("state_dict")
     if not isinstance(saved, dict):
         raise CheckpointError(
-            f"{path} holds no model weights ('state_dict'); to start from plain weights use --model.weights {path}"
+            f"{path} holds no model weights ('state_dict'); to start from plain weights use --fine_tune.weights {path}"
         )
     expected = model.state_dict()
     # A classifier without an EMA gives a checkpoint's averaged weights a place as it loads them
@@ -139,7 +139,7 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], pa
     if reasons and len(heads) + len(stems) == len(mismatched):
         raise CheckpointError(
             f"{path} does not fit this run's data: {'; and '.join(reasons)}. Use it on the data it was trained on, "
-            f"or fine-tune from it with --model.weights {path} (a new head is initialised)."
+            f"or fine-tune from it with --fine_tune.weights {path} (a new head is initialised)."
         )
     key, was, now = mismatched[0]
     raise CheckpointError(

@@ -8,8 +8,8 @@ objective rather than the net (Szegedy et al. 2014 weight GoogLeNet's two heads 
 
 The module computes losses and metrics; the training-recipe parts around it live beside it
 (docs/recipes.md): parameter groups (``param_groups``), schedules filled from the trainer
-(``schedules.build_scheduler``), an EMA of the weights (``ema.EMA``), freezing and the head's
-learning rate (``transfer.FineTune``), the coverage and confusion reports (``evaluation``).
+(``schedules.build_scheduler``), an EMA of the weights (``ema.EMA``), starting weights, freezing and
+the head's learning rate (``transfer.FineTune``), the coverage and confusion reports (``evaluation``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from architectures.common import AuxOutputs, count_params
-from lightning_modules import evaluation, inference, transfer
+from lightning_modules import evaluation, inference
 from lightning_modules.divergence import last_good_checkpoint
 from lightning_modules.ema import EMA, averaged_copy
 from lightning_modules.errors import CheckpointError, NonFiniteLossError
@@ -77,11 +77,6 @@ class ImageClassifier(pl.LightningModule):
             with ``weight_decay`` 0 ("no bias decay", He et al. 2019 section 3.1).
         lr_multipliers: Parameter-name prefix (inside the network, e.g. ``layer4`` or ``fc``) ->
             multiplier of the optimiser's learning rate; the longest matching prefix wins.
-        weights: State-dict file (torchvision layout, or one of our checkpoints) or torchvision
-            weights name (``AlexNet_Weights.IMAGENET1K_V1``) loaded into the network when a run
-            starts without ``ckpt_path``.
-        skip_mismatched_head: Leave the head freshly initialised when ``weights`` has another
-            number of classes (logged); False makes that an error.
         channels_last: Keep weights and inputs in NHWC memory layout (faster convolutions on
             tensor cores, also with bf16); outputs equal the default layout's. None: ``ablate``'s
             ``--speed auto`` chooses (lightning_modules/speed.py); contiguous when built directly.
@@ -90,7 +85,7 @@ class ImageClassifier(pl.LightningModule):
         confusion_matrix: At test time, log per-class accuracy and a confusion-matrix figure to
             every logger (CSV logger: PNG and CSV files in the run folder).
 
-    An EMA of the weights and fine-tuning (freezing, the head's learning rate) are callbacks:
+    An EMA of the weights and fine-tuning (starting weights, freezing, the head's learning rate) are callbacks:
     ``lightning_modules.ema.EMA`` and ``lightning_modules.transfer.FineTune`` (``--ema.*`` and
     ``--fine_tune.*`` on ``ablate``).
     """
@@ -106,8 +101,6 @@ class ImageClassifier(pl.LightningModule):
         check_finite: bool = True,
         weight_decay_norm_bias: bool = True,
         lr_multipliers: dict[str, float] | None = None,
-        weights: str | None = None,
-        skip_mismatched_head: bool = True,
         channels_last: bool | None = None,
         compile: bool = False,
         tta_flip: bool = False,
@@ -129,7 +122,6 @@ class ImageClassifier(pl.LightningModule):
         self.weight_decay_norm_bias = weight_decay_norm_bias
         self.lr_multipliers = dict(lr_multipliers or {})  # FineTune adds the head's
         check_prefixes(network, self.lr_multipliers, "lr_multipliers")
-        self.weights, self.skip_mismatched_head = weights, skip_mismatched_head
         self.channels_last = bool(channels_last)
         self.compile_network = compile  # not `self.compile`: that is nn.Module's method
         self.tta_flip, self.confusion_matrix = tta_flip, confusion_matrix
@@ -148,7 +140,6 @@ class ImageClassifier(pl.LightningModule):
         # (logits, hard targets, loss, batch size) of training batches not yet in the metrics.
         self._train_queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
         self.step_loss: torch.Tensor | None = None  # the last training loss, for the progress bar
-        self._weights_loaded = False
         self._restored_best: torch.Tensor | None = None  # val_acc_best of a checkpoint being resumed
 
     # ----- forward passes --------------------------------------------------------------------
@@ -347,13 +338,13 @@ class ImageClassifier(pl.LightningModule):
         if self.ema_network is not None and not has_average:
             raise CheckpointError(
                 "the checkpoint holds no EMA weights (its run had no --ema.decay): drop --ema.* "
-                "to evaluate its weights, or start a run from them with --model.weights"
+                "to evaluate its weights, or start a run from them with --fine_tune.weights"
             )
         if self.ema_network is None and has_average and self._fitting():
             raise CheckpointError(
                 "the checkpoint holds an EMA of the weights and this run has no EMA callback to "
                 "go on averaging them: resume with its --ema.decay, or start a new run from its "
-                "weights with --model.weights"
+                "weights with --fine_tune.weights"
             )
         if self.ema_network is None and has_average:
             # Averaged weights without the EMA callback (load_model, or a test without --ema.*): a place
@@ -385,7 +376,7 @@ class ImageClassifier(pl.LightningModule):
             kwargs["network"] = inference.network_from_checkpoint(checkpoint, checkpoint_path)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
-    # ----- weights, compilation, optimiser ------------------------------------------------------
+    # ----- set-up and optimiser -----------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
         if (
@@ -397,11 +388,6 @@ class ImageClassifier(pl.LightningModule):
                 "this model holds an EMA of its weights and the trainer has no EMA callback to go on averaging "
                 "them: add lightning_modules.EMA(decay=...) to its callbacks, or set model.ema_network = None"
             )
-        # Pretrained weights start a run; a checkpoint being restored (ckpt_path) overrides them.
-        resuming = getattr(self._trainer, "ckpt_path", None) is not None
-        if self.weights and not self._weights_loaded and not resuming:
-            transfer.load_weights(self.network, self.weights, skip_mismatched_head=self.skip_mismatched_head)
-            self._weights_loaded = True
 
     def on_fit_start(self) -> None:
         params = count_params(self.network)

@@ -117,6 +117,8 @@ def describe_yaml_error(error: yaml.YAMLError) -> str:
 MOVED_MODEL_KEYS = {
     "ema_decay": ("ema", "decay", 0.0),
     "ema_eval": ("ema", "evaluate", False),
+    "weights": ("fine_tune", "weights", None),
+    "skip_mismatched_head": ("fine_tune", "skip_mismatched_head", True),
     "freeze": ("fine_tune", "freeze", None),
     "freeze_bn_stats": ("fine_tune", "freeze_bn_stats", True),
     "head_lr_multiplier": ("fine_tune", "head_lr_multiplier", 1.0),

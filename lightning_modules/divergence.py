@@ -23,7 +23,7 @@ from lightning_modules.errors import NonFiniteLossError
 
 # Not "resume": a resume restores the old optimiser state, and one with a changed learning rate is
 # refused (run_guards.check_resumed_config); a new run starting from the weights can lower it.
-ADVICE = "start a new run from its weights with --model.weights <that file> and a lower learning rate"
+ADVICE = "start a new run from its weights with --fine_tune.weights <that file> and a lower learning rate"
 
 
 class DivergenceError(NonFiniteLossError):

@@ -170,13 +170,13 @@ def refuse_to_overwrite_a_finished_run(trainer_config: Any, ckpt_path: Any) -> N
         )
 
 
-def check_needs_weights(subcommand: str, run: Any, model: Any) -> None:
+def check_needs_weights(subcommand: str, run: Any) -> None:
     if subcommand not in ("validate", "test", "predict") or run.get("ckpt_path") is not None:
         return
-    if getattr(model, "weights", None):
+    if lookup(run, "fine_tune", "weights"):
         return
     raise ConfigError(
-        f"{subcommand} needs trained weights: give --ckpt_path FILE|last|best or --model.weights FILE; without "
+        f"{subcommand} needs trained weights: give --ckpt_path FILE|last|best or --fine_tune.weights FILE; without "
         f"them it would {'predict with' if subcommand == 'predict' else 'evaluate'} a randomly initialised network"
     )
 
@@ -287,6 +287,6 @@ def check_resumed_config(current: dict[str, Any], run_folder: Path | None, ckpt_
         raise ConfigError(
             f"resuming {ckpt_path} with settings that differ from the run's saved config {path}: {shown}{more}. "
             "The checkpoint restores the old optimiser and schedule state, and config.yaml would record settings "
-            f"that never ran.{length} Start a new run (another folder; --model.weights {ckpt_path} starts from its "
+            f"that never ran.{length} Start a new run (another folder; --fine_tune.weights {ckpt_path} starts from its "
             "weights), or resume without changing them"
         )

@@ -97,7 +97,7 @@ def check_run(cli: Any, checkpoint: dict[str, Any] | None) -> Path | None:
     run_guards.check_linked_values(run, cli.datamodule)
     run_guards.check_fine_tune_prefixes(run, cli.model)
     if subcommand:
-        run_guards.check_needs_weights(subcommand, run, cli.model)
+        run_guards.check_needs_weights(subcommand, run)
     if checkpoint is not None:
         check_checkpoint_fits(cli.model, checkpoint, run["ckpt_path"])
     folder = run_lock.lock_run_folder(cli.trainer, run.get("trainer")) if subcommand else None

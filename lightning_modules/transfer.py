@@ -1,8 +1,8 @@
 """Transfer learning: start from saved weights, freeze part of the network, find its head.
 
-``FineTune`` (``--fine_tune.*`` on ``ablate``) is the callback that freezes parameters by name prefix,
-keeps the frozen batch-norm layers' statistics, and trains the head at its own learning rate; the
-classifier's ``weights`` loads the starting weights.
+``FineTune`` (``--fine_tune.*`` on ``ablate``) is the callback that loads the starting weights, freezes
+parameters by name prefix, keeps the frozen batch-norm layers' statistics, and trains the head at its
+own learning rate.
 
 Weights come from a local state-dict file in torchvision's layout (the zoo's torchvision-layout
 networks share its keys: ``alexnet``, ``vgg*``, ``resnet*``, ``densenet*``, ...), from one of our
@@ -32,9 +32,9 @@ from torch import nn
 
 from lightning_modules.param_groups import check_prefixes, matches
 
-# What `--model.weights` takes, said in every error about it.
+# What `--fine_tune.weights` takes, said in every error about it.
 _WHAT_WEIGHTS_HOLD = (
-    "--model.weights takes a file saved with torch.save(network.state_dict(), path), one of our checkpoints "
+    "--fine_tune.weights takes a file saved with torch.save(network.state_dict(), path), one of our checkpoints "
     "(a .ckpt written by `ablate fit`), or a torchvision weights name like 'ResNet18_Weights.IMAGENET1K_V1'"
 )
 
@@ -114,7 +114,7 @@ def load_weights(network: nn.Module, source: str, skip_mismatched_head: bool = T
     if bad := non_finite_tensors(state):
         raise ValueError(
             f"{source} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): it is not a trained "
-            "model; give --model.weights a checkpoint saved before the run diverged"
+            "model; give --fine_tune.weights a checkpoint saved before the run diverged"
         )
     own = network.state_dict()
     mismatched = [key for key, value in state.items() if key in own and own[key].shape != value.shape]
@@ -122,7 +122,7 @@ def load_weights(network: nn.Module, source: str, skip_mismatched_head: bool = T
     outside_head = [key for key in mismatched if not matches(key, head)]
     if outside_head or (mismatched and not skip_mismatched_head):
         shapes = ", ".join(f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in mismatched[:4])
-        hint = "" if outside_head else "; pass skip_mismatched_head=True to start a new head"
+        hint = "" if outside_head else "; set fine_tune.skip_mismatched_head true to start a new head"
         raise ValueError(f"{source} does not fit {type(network).__name__} (checkpoint vs network: {shapes}){hint}")
     if mismatched:
         shapes = ", ".join(f"{key} {tuple(state[key].shape)} -> {tuple(own[key].shape)}" for key in mismatched)
@@ -173,13 +173,19 @@ def frozen_norm_layers(network: nn.Module, prefixes: Iterable[str]) -> list[str]
 
 
 class FineTune(Callback):
-    """Fine-tuning: freeze part of the network, keep its batch-norm statistics, speed up the head.
+    """Fine-tuning: start from saved weights, freeze part of the network, keep its batch-norm
+    statistics, speed up the head.
 
     Applied when a run sets up, before the optimiser is built (frozen parameters stay out of it) and
     before Lightning wraps the network for DDP. Lightning's ``BaseFinetuning`` is built for unfreezing
     on a schedule and rebuilds the optimiser's parameter groups on resume; nothing here unfreezes.
 
     Args:
+        weights: State-dict file (torchvision layout, or one of our checkpoints) or torchvision
+            weights name (``AlexNet_Weights.IMAGENET1K_V1``) loaded into the network when a run
+            starts without ``ckpt_path`` (a checkpoint being restored holds the weights instead).
+        skip_mismatched_head: Leave the head freshly initialised when ``weights`` has another
+            number of classes (logged); False makes that an error.
         freeze: Parameter-name prefixes / module names of the network whose parameters are not
             trained (``requires_grad=False``, left out of the optimiser), e.g. ``[features]``.
         freeze_bn_stats: Keep the batch-norm layers under ``freeze`` in eval mode, so their running
@@ -190,17 +196,31 @@ class FineTune(Callback):
     """
 
     def __init__(
-        self, freeze: list[str] | None = None, freeze_bn_stats: bool = True, head_lr_multiplier: float = 1.0
+        self,
+        weights: str | None = None,
+        skip_mismatched_head: bool = True,
+        freeze: list[str] | None = None,
+        freeze_bn_stats: bool = True,
+        head_lr_multiplier: float = 1.0,
     ) -> None:
         if head_lr_multiplier < 0:
             raise ValueError(f"fine_tune.head_lr_multiplier must be >= 0, got {head_lr_multiplier}")
+        self.weights = weights
+        self.skip_mismatched_head = skip_mismatched_head
         self.freeze = list(freeze or [])
         self.freeze_bn_stats = freeze_bn_stats
         self.head_lr_multiplier = head_lr_multiplier
         self._frozen_norms: list[nn.Module] = []
+        # Networks the weights went into: a test after fit in the same process sets up again and must
+        # evaluate the trained weights, not the starting ones.
+        self._loaded: set[int] = set()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         network = pl_module.network
+        resuming = getattr(trainer, "ckpt_path", None) is not None
+        if self.weights and id(network) not in self._loaded and not resuming:
+            load_weights(network, self.weights, skip_mismatched_head=self.skip_mismatched_head)
+            self._loaded.add(id(network))
         if self.head_lr_multiplier != 1.0:
             pl_module.lr_multipliers.setdefault(head_name(network), self.head_lr_multiplier)
         freeze(network, self.freeze, "fine_tune.freeze")

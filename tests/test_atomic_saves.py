@@ -167,7 +167,7 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
     assert str(raised.value) == (
         f"refusing to save {folder / 'last.ckpt'}: weight w holds NaN or infinity (the run diverged); the last good "
         f"checkpoint is {folder / 'last.ckpt'} (epoch 3, step 1200); start a new run from its weights "
-        "with --model.weights <that file> and a lower learning rate"
+        "with --fine_tune.weights <that file> and a lower learning rate"
     )
     assert (folder / "last.ckpt").read_bytes() == before
     AtomicCheckpointIO(refuse_non_finite=False).save_checkpoint(diverged, folder / "nan.ckpt")  # check_finite=False
@@ -332,7 +332,7 @@ def test_a_diverged_run_keeps_its_last_good_checkpoint_and_names_it(
             "the run diverged and these weights were not saved; ",
             last,
         ), last
-        assert last.endswith(good + " weights with --model.weights <that file> and a lower learning rate"), last
+        assert last.endswith(good + " weights with --fine_tune.weights <that file> and a lower learning rate"), last
     else:
         assert last.startswith("ablate: error: NonFiniteLossError: non-finite training loss (nan) at global step 2"), (
             last

@@ -60,7 +60,7 @@ def test_a_checkpoint_carrying_code_is_refused_before_it_runs(how: str, tmp_path
     every `torch.load` that does not pass weights_only=True itself unpickle arbitrary objects."""
     data = write_synthetic_mnist(tmp_path / "data", n_train=200, n_test=20)
     malicious = write_checkpoints(tmp_path / "checkpoints")["ckpt_malicious"]
-    option = f"--ckpt_path={malicious}" if how == "ckpt_path" else f"--model.weights={malicious}"
+    option = f"--ckpt_path={malicious}" if how == "ckpt_path" else f"--fine_tune.weights={malicious}"
     result = run_ablate(
         *_fit_args(data),
         "--trainer.fast_dev_run=true",

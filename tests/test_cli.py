@@ -104,7 +104,13 @@ def test_validate_and_predict(synthetic_mnist: Path, tmp_path: Path, monkeypatch
     torch.save(create_model("inception_mnist", num_classes=10, in_chans=1).state_dict(), weights)
     for command in ("validate", "predict"):
         code, _, err = _ablate(
-            capsys, command, "--config", QUICKSTART, *QUICK, *_data_args(synthetic_mnist), f"--model.weights={weights}"
+            capsys,
+            command,
+            "--config",
+            QUICKSTART,
+            *QUICK,
+            *_data_args(synthetic_mnist),
+            f"--fine_tune.weights={weights}",
         )
         assert code == 0, err[-3000:]
 

@@ -151,6 +151,7 @@ def test_values_out_of_range_are_refused_before_the_run(
     [
         ("--model.ema_decay=0.9", "model.ema_decay is now ema.decay"),
         ("--model.freeze=[features]", "model.freeze is now fine_tune.freeze"),
+        ("--model.weights=alexnet.pth", "model.weights is now fine_tune.weights"),
     ],
 )
 def test_a_setting_that_became_a_callbacks_says_where_it_went(
@@ -166,13 +167,15 @@ def test_a_config_saved_before_the_callbacks_loads_with_its_settings_moved(tmp_p
     ones are dropped, set ones go to the callbacks' keys, and a new key given too wins."""
     monkeypatch.chdir(tmp_path)
     old = {"model": {"ema_decay": 0.9, "ema_eval": False, "freeze": None, "freeze_bn_stats": True,
-                     "head_lr_multiplier": 10.0}}  # fmt: skip
+                     "head_lr_multiplier": 10.0, "weights": None, "skip_mismatched_head": False}}  # fmt: skip
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
     args = ["--config", str(_config(tmp_path)), "--config", str(tmp_path / "old.yaml"), "--ema.evaluate=true"]
     config = run_lightning_cli(args, run=False).config
     assert config.ema.decay == 0.9 and config.ema.evaluate is True
     assert config.fine_tune.head_lr_multiplier == 10.0 and config.fine_tune.freeze is None
+    assert config.fine_tune.weights is None and config.fine_tune.skip_mismatched_head is False
     assert "ema_decay" not in config.model and "head_lr_multiplier" not in config.model
+    assert "weights" not in config.model and "skip_mismatched_head" not in config.model
 
 
 def test_a_freeze_name_that_matches_nothing_is_refused_before_any_folder(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -253,7 +256,7 @@ def test_os_errors_name_the_path_and_what_to_do() -> None:
 
 def test_weights_files_that_are_not_state_dicts_say_what_is_expected(tmp_path: Path) -> None:
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
-    with pytest.raises(ValueError, match=r"tensor.pt holds a Tensor, not a state dict; --model.weights takes"):
+    with pytest.raises(ValueError, match=r"tensor.pt holds a Tensor, not a state dict; --fine_tune.weights takes"):
         read_state_dict(str(tmp_path / "tensor.pt"))
     (tmp_path / "notes.txt").write_text("hello\n")
     with pytest.raises(ValueError, match=r"notes.txt is not a PyTorch file .*torchvision weights name"):

@@ -137,7 +137,7 @@ def test_limited_test_covers_every_class(class_ordered_tree: Path, tmp_path: Pat
         "test", "--config", FAST_CIFAR10, *QUICK, "--model.network.init_args.name=lenet5",
         f"--data.data_dir={class_ordered_tree}", "--data.init_args.val_size=20", "--data.init_args.batch_size=8",
         f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--trainer.limit_test_batches=2",
-        f"--model.weights={weights}",
+        f"--fine_tune.weights={weights}",
     ])  # fmt: skip
     assert code == 0
     run = sorted((tmp_path / "runs" / "fast_cifar10").glob("version_*"))[-1]

@@ -65,7 +65,7 @@ def test_load_weights_skips_the_mismatched_head_and_says_so(tmp_path: Path, ligh
             assert torch.equal(loaded[key], value), key
     assert torch.equal(network.fc.weight, fresh_head), "the new head keeps its fresh initialisation"
 
-    with pytest.raises(ValueError, match="skip_mismatched_head=True to start a new head"):
+    with pytest.raises(ValueError, match="set fine_tune.skip_mismatched_head true to start a new head"):
         load_weights(create_model("resnet18", num_classes=10, in_chans=3), str(path), skip_mismatched_head=False)
     with pytest.raises(ValueError, match="does not fit ResNet .*conv1.weight"):
         load_weights(create_model("resnet18", num_classes=10, in_chans=1), str(path))
@@ -77,10 +77,31 @@ def test_our_own_checkpoint_loads_as_weights(tmp_path: Path) -> None:
     trained = ImageClassifier(create_model("lenet5"))
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": trained.state_dict(), "epoch": 3}, path)
-    model = ImageClassifier(create_model("lenet5"), weights=str(path))
-    model.setup("fit")  # no trainer: not resuming, so the weights load
+    model = ImageClassifier(create_model("lenet5"))
+    fine_tune = FineTune(weights=str(path))
+    fine_tune.setup(None, model, "fit")  # no trainer: not resuming, so the weights load
     for key, value in trained.network.state_dict().items():
         assert torch.equal(model.network.state_dict()[key], value)
+    # A test after fit sets up again: the trained weights stay, the starting ones are not loaded twice.
+    with torch.no_grad():
+        model.network.features[0].weight.add_(1.0)
+    changed = model.network.features[0].weight.clone()
+    fine_tune.setup(None, model, "test")
+    assert torch.equal(model.network.features[0].weight, changed)
+
+
+def test_weights_do_not_load_over_a_checkpoint_being_restored(tmp_path: Path) -> None:
+    trained = ImageClassifier(create_model("lenet5"))
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": trained.state_dict()}, path)
+    model = ImageClassifier(create_model("lenet5"))
+    before = {key: value.clone() for key, value in model.network.state_dict().items()}
+
+    class Resuming:
+        ckpt_path = "last.ckpt"
+
+    FineTune(weights=str(path)).setup(Resuming(), model, "fit")
+    assert all(torch.equal(model.network.state_dict()[key], value) for key, value in before.items())
 
 
 def test_frozen_backbone_is_bitwise_unchanged_after_training() -> None:
@@ -168,7 +189,7 @@ def test_alexnet_transfer_recipe_on_real_cifar10(alexnet_file: Path, tmp_path: P
     """experiments/transfer/alexnet_cifar10.yaml as written (224x224, frozen features, new 10-way
     head at 10x the rate), a few batches of real CIFAR-10; ~20 s on 2 cores."""
     result = run_ablate(
-        "fit", "--config", str(RECIPE), f"--model.weights={alexnet_file}",
+        "fit", "--config", str(RECIPE), f"--fine_tune.weights={alexnet_file}",
         f"--data.init_args.data_dir={CIFAR_JPEG}", "--data.init_args.batch_size=32",
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2",
         "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu",
@@ -198,7 +219,8 @@ def test_transfer_recipe_settings() -> None:
     model = yaml.safe_load(RECIPE.read_text())["model"]
     fine_tune = yaml.safe_load(RECIPE.read_text())["fine_tune"]
     assert model["network"]["init_args"]["name"] == "alexnet"
-    assert fine_tune["freeze"] == ["features"] and model["skip_mismatched_head"] is True
+    assert fine_tune["freeze"] == ["features"] and fine_tune["skip_mismatched_head"] is True
+    assert fine_tune.pop("weights") == "AlexNet_Weights.IMAGENET1K_V1"  # not downloaded here
     data = yaml.safe_load(RECIPE.read_text())["data"]
     assert data["class_path"] == "datamodules.CIFAR10DataModule" and data["init_args"]["resize"] == 224
     network = create_model("alexnet", num_classes=10, in_chans=3)

@@ -156,10 +156,10 @@ _CORE_CASES: list[Case] = [
         "was trained for 10 classes but this run's data has 100",
     ),
     Case("checkpoint-last-but-none", f"{TEST} --ckpt_path=last", "no last.ckpt in this configuration's run folders"),
-    Case("weights-file-truncated", f"{FIT} --model.weights={{ckpt_truncated}}", "is truncated or corrupt"),
+    Case("weights-file-truncated", f"{FIT} --fine_tune.weights={{ckpt_truncated}}", "is truncated or corrupt"),
     Case(
         "weights-file-malicious",
-        f"{FIT} --model.weights={{ckpt_malicious}}",
+        f"{FIT} --fine_tune.weights={{ckpt_malicious}}",
         "holds objects other than tensors; refused",
     ),
     Case(

@@ -54,18 +54,20 @@ CASES: list[Case] = [
         f"{FIT} --data.data_dir='{{folder}}/dätä ördner'",
         "DataNotFoundError: MNIST not found under",
     ),
-    # ----- --model.weights that is not a state dict ------------------------------------------------------
+    # ----- --fine_tune.weights that is not a state dict ------------------------------------------------------
     Case(
         "weights-plain-tensor",
-        f"{FIT} --model.weights={{weights_tensor}}",
-        "holds a Tensor, not a state dict; --model.weights takes a file saved with torch.save",
+        f"{FIT} --fine_tune.weights={{weights_tensor}}",
+        "holds a Tensor, not a state dict; --fine_tune.weights takes a file saved with torch.save",
     ),
     Case(
         "weights-text-file",
-        f"{FIT} --model.weights={{weights_text}}",
-        "is not a PyTorch file (torch.save writes a zip archive); --model.weights takes",
+        f"{FIT} --fine_tune.weights={{weights_text}}",
+        "is not a PyTorch file (torch.save writes a zip archive); --fine_tune.weights takes",
     ),
-    Case("weights-a-folder", f"{FIT} --model.weights={{folder}}", "no such file, and not a torchvision weights name"),
+    Case(
+        "weights-a-folder", f"{FIT} --fine_tune.weights={{folder}}", "no such file, and not a torchvision weights name"
+    ),
     # ----- output folders --------------------------------------------------------------------------------
     Case(
         "output-under-a-file",

@@ -34,7 +34,7 @@ CASES: list[Case] = [
     ),
     Case(
         "weights-non-finite",
-        f"{FIT} --model.weights={{ckpt_nan}}",
+        f"{FIT} --fine_tune.weights={{ckpt_nan}}",
         "holds non-finite weights (44 tensors, e.g. features.0.weight): it is not a trained model",
     ),
     Case(
