@@ -98,10 +98,12 @@ class AblateCLI(LightningCLI):
         # Recipe parts that are callbacks, always present and off by default, so `--ema.decay 0.999` or a
         # preset's `ema:` composes with the other configs (a list under trainer.callbacks would replace them).
         from lightning_modules.ema import EMA
+        from lightning_modules.evaluation import TestTime
         from lightning_modules.transfer import FineTune
 
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_lightning_class_args(FineTune, "fine_tune")
+        parser.add_lightning_class_args(TestTime, "test_time")
         parser.link_arguments("data.num_classes", "model.network.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.network.init_args.in_chans", apply_on="instantiate")
 

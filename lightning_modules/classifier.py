@@ -9,7 +9,8 @@ objective rather than the net (Szegedy et al. 2014 weight GoogLeNet's two heads 
 The module computes losses and metrics; the training-recipe parts around it live beside it
 (docs/recipes.md): parameter groups (``param_groups``), schedules filled from the trainer
 (``schedules.build_scheduler``), an EMA of the weights (``ema.EMA``), starting weights, freezing and
-the head's learning rate (``transfer.FineTune``), the coverage and confusion reports (``evaluation``).
+the head's learning rate (``transfer.FineTune``), the coverage report, and the test's flip averaging
+and confusion matrix (``evaluation``, ``evaluation.TestTime``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassAccuracy
 
 from architectures.common import AuxOutputs, count_params
 from lightning_modules import evaluation, inference
@@ -81,13 +82,11 @@ class ImageClassifier(pl.LightningModule):
             tensor cores, also with bf16); outputs equal the default layout's. None: ``ablate``'s
             ``--speed auto`` chooses (lightning_modules/speed.py); contiguous when built directly.
         compile: ``torch.compile`` the network (in place: checkpoint keys do not change).
-        tta_flip: At test and predict time, average the logits of each image and its mirror.
-        confusion_matrix: At test time, log per-class accuracy and a confusion-matrix figure to
-            every logger (CSV logger: PNG and CSV files in the run folder).
 
-    An EMA of the weights and fine-tuning (starting weights, freezing, the head's learning rate) are callbacks:
-    ``lightning_modules.ema.EMA`` and ``lightning_modules.transfer.FineTune`` (``--ema.*`` and
-    ``--fine_tune.*`` on ``ablate``).
+    An EMA of the weights, fine-tuning (starting weights, freezing, the head's learning rate) and what a
+    test adds (flip averaging, the confusion matrix) are callbacks: ``lightning_modules.ema.EMA``,
+    ``lightning_modules.transfer.FineTune`` and ``lightning_modules.evaluation.TestTime`` (``--ema.*``,
+    ``--fine_tune.*`` and ``--test_time.*`` on ``ablate``).
     """
 
     def __init__(
@@ -103,8 +102,6 @@ class ImageClassifier(pl.LightningModule):
         lr_multipliers: dict[str, float] | None = None,
         channels_last: bool | None = None,
         compile: bool = False,
-        tta_flip: bool = False,
-        confusion_matrix: bool = True,
     ) -> None:
         super().__init__()
         _check_settings(optimizer, scheduler_interval, label_smoothing, lr_multipliers)
@@ -124,7 +121,7 @@ class ImageClassifier(pl.LightningModule):
         check_prefixes(network, self.lr_multipliers, "lr_multipliers")
         self.channels_last = bool(channels_last)
         self.compile_network = compile  # not `self.compile`: that is nn.Module's method
-        self.tta_flip, self.confusion_matrix = tta_flip, confusion_matrix
+        self.flip_at_test = False  # set by the TestTime callback (or from a checkpoint loaded in Python)
         # An average of the weights, set by the EMA callback (or from a checkpoint that holds one).
         self.ema_network: AveragedModel | None = None
         self.evaluate_ema = False
@@ -134,7 +131,6 @@ class ImageClassifier(pl.LightningModule):
         self.test_metrics = _accuracy_metrics(self.num_classes).clone(prefix="test/")
         self.val_acc_best = MaxMetric()
         self.train_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.test_confusion = MulticlassConfusionMatrix(self.num_classes) if confusion_matrix else None
         self.eval_counts = nn.ModuleDict({s: evaluation.ClassCounts(self.num_classes) for s in ("val", "test")})
         self._coverage_said: set[tuple[str, int]] = set()  # (stage, epoch) of limited-coverage lines
         # (logits, hard targets, loss, batch size) of training batches not yet in the metrics.
@@ -166,10 +162,10 @@ class ImageClassifier(pl.LightningModule):
             ) from error
 
     def eval_logits(self, network: nn.Module, images: torch.Tensor, stage: str) -> torch.Tensor:
-        """Main-head logits of ``network``; at test and predict time under ``tta_flip``, the mean of the
-        image's and its mirror's logits."""
+        """Main-head logits of ``network``; at test and predict time under ``TestTime(flip=True)``, the
+        mean of the image's and its mirror's logits."""
         logits = _logits(self._run(network, images))
-        if self.tta_flip and stage in ("test", "predict"):
+        if self.flip_at_test and stage in ("test", "predict"):
             logits = (logits + _logits(self._run(network, images.flip(-1)))) / 2
         return logits
 
@@ -260,7 +256,7 @@ class ImageClassifier(pl.LightningModule):
 
     # ----- validation and test -------------------------------------------------------------------
 
-    def _evaluation_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+    def _evaluation_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
         logits = self.eval_logits(self.evaluated_network(), images, stage).detach()
         loss = self.compute_loss(logits, targets)["loss"].detach()
@@ -270,11 +266,10 @@ class ImageClassifier(pl.LightningModule):
         self.eval_counts[stage].update(hard_targets)
         if stage == "test":
             self.test_loss.update(loss, weight=len(images))
-            if self.test_confusion is not None:
-                self.test_confusion.update(logits, hard_targets)
         else:
             self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
+        return logits
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
@@ -289,8 +284,8 @@ class ImageClassifier(pl.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
         evaluation.report_coverage(self, "val", self.eval_counts["val"].compute(), self._coverage_said)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._evaluation_step(batch, "test")  # the logits, for callbacks (TestTime's confusion matrix)
 
     def on_test_epoch_start(self) -> None:
         self.eval_counts["test"].reset()
@@ -303,9 +298,6 @@ class ImageClassifier(pl.LightningModule):
         self.log("test/err", 100.0 * (1.0 - acc), sync_dist=True)
         self.test_loss.reset()
         evaluation.report_coverage(self, "test", self.eval_counts["test"].compute(), self._coverage_said)
-        if self.test_confusion is not None:
-            evaluation.report_confusion(self, self.test_confusion.compute())
-            self.test_confusion.reset()
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -326,12 +318,16 @@ class ImageClassifier(pl.LightningModule):
         # A metric's state is not in the state dict: keep the running best with the checkpoint.
         checkpoint["val_acc_best"] = self.val_acc_best.max_value.detach().cpu()
         checkpoint[inference.ENTRY] = inference.checkpoint_entry(self)
+        checkpoint[evaluation.FLIP_AT_TEST] = self.flip_at_test
         if self.ema_network is not None:
             checkpoint[EMA_EVALUATED] = self.evaluate_ema
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         best = checkpoint.get("val_acc_best")
         self._restored_best = best if best is not None and torch.isfinite(best) else None
+        hparams = checkpoint.get("hyper_parameters") or {}
+        if self._trainer is None:  # loaded in Python: evaluate as the run did (a run's TestTime callback decides)
+            self.flip_at_test = bool(checkpoint.get(evaluation.FLIP_AT_TEST, hparams.get("tta_flip", False)))
         if self.network_spec is None:  # loaded in Python: later saves keep recording the network
             self.network_spec = (checkpoint.get(inference.ENTRY) or {}).get("network")
         has_average = "ema_network.n_averaged" in checkpoint.get("state_dict", {})
@@ -351,7 +347,7 @@ class ImageClassifier(pl.LightningModule):
             # for them, evaluated as the run did. Checkpoints from before the callback kept the setting
             # among the hyper-parameters.
             self.ema_network = averaged_copy(self.network)
-            evaluated = checkpoint.get(EMA_EVALUATED, (checkpoint.get("hyper_parameters") or {}).get("ema_eval"))
+            evaluated = checkpoint.get(EMA_EVALUATED, hparams.get("ema_eval"))
             self.evaluate_ema = bool(evaluated)
 
     def _fitting(self) -> bool:

@@ -111,7 +111,7 @@ def describe_yaml_error(error: yaml.YAMLError) -> str:
     return f"{where}: {problem}"
 
 
-# Model settings that became callbacks' (lightning_modules/ema.py, transfer.FineTune): new place and
+# Model settings that became callbacks' (ema.EMA, transfer.FineTune, evaluation.TestTime): new place and
 # the value each had when unset. Every run's config.yaml written before names them all, so they are
 # moved as a config is read rather than refused.
 MOVED_MODEL_KEYS = {
@@ -122,6 +122,8 @@ MOVED_MODEL_KEYS = {
     "freeze": ("fine_tune", "freeze", None),
     "freeze_bn_stats": ("fine_tune", "freeze_bn_stats", True),
     "head_lr_multiplier": ("fine_tune", "head_lr_multiplier", 1.0),
+    "tta_flip": ("test_time", "flip", False),
+    "confusion_matrix": ("test_time", "confusion_matrix", True),
 }
 
 

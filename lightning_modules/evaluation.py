@@ -1,8 +1,9 @@
 """What an evaluation covered and per-class results: the classifier's reports after validation and test.
 
 After each evaluation: the images and classes it covered (``val/images``, ``val/classes_seen``; one
-line on stderr when ``limit_*_batches`` cut it short). After a test: per-class accuracy and the
-confusion matrix, sent to every active logger.
+line on stderr when ``limit_*_batches`` cut it short). After a test, under the ``TestTime`` callback
+(``--test_time.*`` on ``ablate``): per-class accuracy and the confusion matrix, sent to every active
+logger; the same callback turns on flip averaging at test and predict time.
 
 TensorBoard gets the figure (``add_figure``), W&B a ``wandb.Image``, and a CSV logger's run folder
 ``confusion_matrix.png`` plus ``confusion_matrix.csv`` (counts, rows = true class) and
@@ -17,9 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
+from pytorch_lightning.callbacks import Callback
 from torchmetrics import Metric
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightning_modules.files import open_atomic
 
@@ -179,3 +183,50 @@ def report_confusion(module: Any, confusion: torch.Tensor) -> None:
                 module.log(f"test/acc_class/{name}", accuracy.float(), sync_dist=True)
     if module.trainer.is_global_zero:
         log_confusion_matrix(module.loggers, confusion, names, module.global_step)
+
+
+# Where a checkpoint records whether its run's tests averaged flips, so ``load_model`` predicts the same way.
+FLIP_AT_TEST = "flip_at_test"
+
+
+class TestTime(Callback):
+    """What a test adds to the classifier's metrics: flip averaging and the per-class report.
+
+    Args:
+        flip: At test and predict time, average the logits of each image and its mirror. Validation
+            stays unaugmented, so the model a run selects does not change.
+        confusion_matrix: After a test, log per-class accuracy (``test/acc_class/<name>``, up to
+            ``PER_CLASS_SCALARS`` classes) and the confusion matrix to every logger (CSV logger:
+            PNG and CSV files in the run folder).
+    """
+
+    __test__ = False  # a callback, not a test class for pytest to collect
+
+    def __init__(self, flip: bool = False, confusion_matrix: bool = True) -> None:
+        self.flip = flip
+        self.confusion_matrix = confusion_matrix
+        self._confusion: MulticlassConfusionMatrix | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.flip_at_test = self.flip
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.confusion_matrix:
+            self._confusion = MulticlassConfusionMatrix(pl_module.num_classes).to(pl_module.device)
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._confusion is not None:  # outputs: the logits the test step scored
+            self._confusion.update(outputs, hard_targets(batch[1]))
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._confusion is not None:
+            report_confusion(pl_module, self._confusion.compute())  # compute() reduces over processes
+            self._confusion = None

@@ -298,7 +298,7 @@ class Predictor:
     def __call__(self, images: Sequence[Image | torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(N, num_classes)`` of raw images (PIL images, uint8 tensors, or a uint8
         ``(N, C, H, W)`` batch) or of an already preprocessed float batch, as ``ablate predict`` computes
-        them (EMA weights under ``EMA(evaluate=True)``, flip averaging under ``tta_flip``)."""
+        them (EMA weights under ``EMA(evaluate=True)``, flip averaging under ``TestTime(flip=True)``)."""
         return self.model.predict_step(self.preprocess(images).to(self.device), 0)["probs"]
 
     def predict_folder(self, folder: str | Path, batch_size: int = 64) -> list[Prediction]:

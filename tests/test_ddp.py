@@ -319,7 +319,6 @@ def _parity_worker(argv: list[str]) -> None:
     model = ImageClassifier(
         create_model(args.net, num_classes=10, in_chans=1),
         optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
-        confusion_matrix=False,
     )
     initial = {k: v.double() if v.is_floating_point() else v.clone() for k, v in model.network.state_dict().items()}
     trainer = pl.Trainer(

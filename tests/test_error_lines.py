@@ -152,6 +152,7 @@ def test_values_out_of_range_are_refused_before_the_run(
         ("--model.ema_decay=0.9", "model.ema_decay is now ema.decay"),
         ("--model.freeze=[features]", "model.freeze is now fine_tune.freeze"),
         ("--model.weights=alexnet.pth", "model.weights is now fine_tune.weights"),
+        ("--model.tta_flip=true", "model.tta_flip is now test_time.flip"),
     ],
 )
 def test_a_setting_that_became_a_callbacks_says_where_it_went(
@@ -167,13 +168,16 @@ def test_a_config_saved_before_the_callbacks_loads_with_its_settings_moved(tmp_p
     ones are dropped, set ones go to the callbacks' keys, and a new key given too wins."""
     monkeypatch.chdir(tmp_path)
     old = {"model": {"ema_decay": 0.9, "ema_eval": False, "freeze": None, "freeze_bn_stats": True,
-                     "head_lr_multiplier": 10.0, "weights": None, "skip_mismatched_head": False}}  # fmt: skip
+                     "head_lr_multiplier": 10.0, "weights": None, "skip_mismatched_head": False,
+                     "tta_flip": True, "confusion_matrix": True}}  # fmt: skip
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
     args = ["--config", str(_config(tmp_path)), "--config", str(tmp_path / "old.yaml"), "--ema.evaluate=true"]
     config = run_lightning_cli(args, run=False).config
     assert config.ema.decay == 0.9 and config.ema.evaluate is True
     assert config.fine_tune.head_lr_multiplier == 10.0 and config.fine_tune.freeze is None
     assert config.fine_tune.weights is None and config.fine_tune.skip_mismatched_head is False
+    assert config.test_time.flip is True and config.test_time.confusion_matrix is True
+    assert "tta_flip" not in config.model and "confusion_matrix" not in config.model
     assert "ema_decay" not in config.model and "head_lr_multiplier" not in config.model
     assert "weights" not in config.model and "skip_mismatched_head" not in config.model
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from architectures import create_model
-from lightning_modules import EMA, FineTune, ImageClassifier
+from lightning_modules import EMA, FineTune, ImageClassifier, TestTime
 from lightning_modules.errors import CheckpointError
 from lightning_modules.param_groups import NORM_LAYERS
 from lightning_modules.prediction_writer import CSVPredictionWriter
@@ -417,7 +417,8 @@ class NotMirrorSymmetric(nn.Module):
 def test_tta_flip_averages_mirror_logits_at_test_and_predict_only() -> None:
     torch.manual_seed(0)
     data = TinyData()
-    model = ImageClassifier(NotMirrorSymmetric(), tta_flip=True, confusion_matrix=False)
+    model = ImageClassifier(NotMirrorSymmetric())
+    TestTime(flip=True).setup(None, model, "test")
     images, labels = data.images[:16], data.labels[:16]
     with torch.no_grad():
         plain, mirrored = model(images), model(images.flip(-1))
@@ -437,6 +438,45 @@ def test_tta_flip_averages_mirror_logits_at_test_and_predict_only() -> None:
     torch.testing.assert_close(model.test_metrics["acc"].compute(), (expected.argmax(1) == labels).float().mean())
 
 
+def test_a_checkpoint_remembers_flip_averaging_and_a_run_s_setting_decides(tmp_path: Path) -> None:
+    """Loaded in Python (load_model, analysis), a checkpoint is evaluated as its run was; under a
+    trainer, the TestTime callback's setting decides (``ablate test --test_time.flip false``)."""
+    import lightning_modules.evaluation as evaluation
+
+    path = tmp_path / "flip.ckpt"
+    model = ImageClassifier(NotMirrorSymmetric())
+    trainer = quick_trainer(max_steps=1, callbacks=[TestTime(flip=True)], limit_val_batches=0)
+    trainer.fit(model, datamodule=TinyData())
+    trainer.save_checkpoint(path)
+    assert torch.load(path, weights_only=True)[evaluation.FLIP_AT_TEST] is True
+    assert ImageClassifier.load_from_checkpoint(path, network=NotMirrorSymmetric()).flip_at_test is True
+
+    loaded = ImageClassifier.load_from_checkpoint(path, network=NotMirrorSymmetric())
+    tester = quick_trainer(callbacks=[TestTime(flip=False)])
+    tester.test(loaded, datamodule=TinyData(), ckpt_path=path, verbose=False)
+    assert loaded.flip_at_test is False, "the callback's setting, not the checkpoint's"
+
+    # Written before the callback: the setting was the model's hyper-parameter `tta_flip`.
+    old = torch.load(path, weights_only=True)
+    del old[evaluation.FLIP_AT_TEST]
+    old["hyper_parameters"]["tta_flip"] = True
+    torch.save(old, tmp_path / "old.ckpt")
+    assert ImageClassifier.load_from_checkpoint(tmp_path / "old.ckpt", network=NotMirrorSymmetric()).flip_at_test
+
+
+def test_no_confusion_matrix_without_the_callback_or_when_turned_off(tmp_path: Path) -> None:
+    from pytorch_lightning.loggers import CSVLogger
+
+    for name, callbacks in (("none", []), ("off", [TestTime(confusion_matrix=False)]), ("on", [TestTime()])):
+        logger = CSVLogger(tmp_path, name=name)
+        trainer = pl.Trainer(
+            accelerator="cpu", logger=logger, callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False
+        )
+        metrics = trainer.test(ImageClassifier(TinyNet()), datamodule=TinyData(count=16), verbose=False)[0]
+        made = (Path(logger.log_dir) / "confusion_matrix.csv").is_file()
+        assert made == (name == "on") and any(key.startswith("test/acc_class/") for key in metrics) == made, name
+
+
 def test_confusion_matrix_and_per_class_accuracy_reach_every_logger(tmp_path: Path) -> None:
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -447,7 +487,11 @@ def test_confusion_matrix_and_per_class_accuracy_reach_every_logger(tmp_path: Pa
     tensorboard = TensorBoardLogger(tmp_path, name="run", sub_dir="tensorboard", version=csv_logger.version)
     model = ImageClassifier(TinyNet())
     trainer = pl.Trainer(
-        accelerator="cpu", logger=[csv_logger, tensorboard], enable_progress_bar=False, enable_model_summary=False
+        accelerator="cpu",
+        logger=[csv_logger, tensorboard],
+        callbacks=[TestTime()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     metrics = trainer.test(model, datamodule=data, verbose=False)[0]
 
@@ -525,7 +569,7 @@ def test_recipe_knobs_from_the_command_line(synthetic_mnist: Path, tmp_path: Pat
         "--config", str(PRESETS / "recipes_cosine_adamw.yaml"),
         "--config", str(PRESETS / "recipes_regularisation.yaml"),
         *QUICK, *data, "--trainer.precision=bf16-mixed", "--model.channels_last=true", "--ema.decay=0.9",
-        "--model.tta_flip=true", "--model.lr_scheduler.init_args.warmup_unit=step", "--trainer.log_every_n_steps=1",
+        "--test_time.flip=true", "--model.lr_scheduler.init_args.warmup_unit=step", "--trainer.log_every_n_steps=1",
         "--test_after_fit=true",
         cwd=tmp_path,
     )  # fmt: skip
@@ -535,7 +579,7 @@ def test_recipe_knobs_from_the_command_line(synthetic_mnist: Path, tmp_path: Pat
     model = saved["model"]
     assert model["optimizer"]["class_path"] == "torch.optim.AdamW" and model["weight_decay_norm_bias"] is False
     assert model["lr_scheduler"]["class_path"] == "lightning_modules.schedules.WarmupCosine"
-    assert (saved["ema"]["decay"], model["channels_last"], model["tta_flip"], model["label_smoothing"]) == (
+    assert (saved["ema"]["decay"], model["channels_last"], saved["test_time"]["flip"], model["label_smoothing"]) == (
         0.9,
         True,
         True,

@@ -33,7 +33,17 @@ from lightning_modules.run_folders import FINAL_CHECKPOINT, LAST
 
 # Top-level keys of a saved config that the model/data parser knows; `ablate fit` also saves
 # subcommand arguments (ckpt_path, weights_only) that only its own subcommand accepts.
-CONFIG_KEYS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler", "ema", "fine_tune")
+CONFIG_KEYS = (
+    "seed_everything",
+    "trainer",
+    "model",
+    "data",
+    "optimizer",
+    "lr_scheduler",
+    "ema",
+    "fine_tune",
+    "test_time",
+)
 # The trainer is built by the CLI but never used here: keep it from touching devices or loggers.
 TRAINER_OVERRIDES = (
     "--trainer.logger=false",
@@ -303,7 +313,7 @@ def logits_of(module: Any, network: nn.Module, images: torch.Tensor) -> torch.Te
         return out.logits if isinstance(out, AuxOutputs) else out
 
     logits = main_head(images)
-    if getattr(module, "tta_flip", False):
+    if getattr(module, "flip_at_test", False):
         logits = (logits + main_head(images.flip(-1))) / 2
     return logits
 

@@ -50,7 +50,7 @@ def recipe() -> dict:
         "optimizer": model["optimizer"]["init_args"],
         "one_cycle": model["lr_scheduler"]["init_args"],
         "label_smoothing": model["label_smoothing"],
-        "tta_flip": model["tta_flip"],
+        "tta_flip": config["test_time"]["flip"],
         "batch_size": data["batch_size"],
         "augment": data["augment"],
         "max_shift": data["max_shift"],
