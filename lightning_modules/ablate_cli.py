@@ -92,8 +92,23 @@ class AblateCLI(LightningCLI):
             "--speed",
             type=Literal["auto", "off"],
             default="auto",
-            help="auto: where --trainer.precision or --model.channels_last is unset, use what is fastest on "
+            help="auto: where --trainer.precision or --channels_last is unset, use what is fastest on "
             "this device (bf16-mixed + channels_last where it has native bf16); off: unset means fp32, contiguous.",
+        )
+        # How the network runs, not what it computes (ImageClassifier.speed_up); beside --speed, which
+        # fills in an unset --channels_last.
+        parser.add_argument(
+            "--channels_last",
+            type=bool | None,
+            default=None,
+            help="NHWC memory layout of weights and inputs (faster convolutions on tensor cores and x86 CPUs; "
+            "the same outputs). Unset: --speed decides.",
+        )
+        parser.add_argument(
+            "--compile",
+            type=bool,
+            default=False,
+            help="torch.compile the network, in place (checkpoint keys do not change).",
         )
         # Recipe parts that are callbacks, always present and off by default, so `--ema.decay 0.999` or a
         # preset's `ema:` composes with the other configs (a list under trainer.callbacks would replace them).
@@ -168,10 +183,10 @@ class AblateCLI(LightningCLI):
             config.get("speed") or "auto",
             config.trainer.get("accelerator"),
             config.trainer.get("precision"),
-            config.model.get("channels_last"),
+            config.get("channels_last"),
         )
         config.trainer.precision = choice.precision
-        config.model.channels_last = choice.channels_last
+        config.channels_last = choice.channels_last
         if line and rank_zero_only.rank == 0:  # one line per run, not one per DDP process
             print(line, flush=True)
 
@@ -199,6 +214,8 @@ class AblateCLI(LightningCLI):
         # Then the run folder is locked: one process per run folder, until the run ends.
         from lightning_modules import run_preparation
 
+        config = self.config.get(str(self.subcommand), self.config)
+        self.model.speed_up(channels_last=bool(config.get("channels_last")), compile=bool(config.get("compile")))
         self._run_folder = run_preparation.check_run(self, getattr(self, "_checkpoint", None))
         self._checkpoint = None  # not kept in memory through training
 

@@ -78,15 +78,12 @@ class ImageClassifier(pl.LightningModule):
             with ``weight_decay`` 0 ("no bias decay", He et al. 2019 section 3.1).
         lr_multipliers: Parameter-name prefix (inside the network, e.g. ``layer4`` or ``fc``) ->
             multiplier of the optimiser's learning rate; the longest matching prefix wins.
-        channels_last: Keep weights and inputs in NHWC memory layout (faster convolutions on
-            tensor cores, also with bf16); outputs equal the default layout's. None: ``ablate``'s
-            ``--speed auto`` chooses (lightning_modules/speed.py); contiguous when built directly.
-        compile: ``torch.compile`` the network (in place: checkpoint keys do not change).
 
     An EMA of the weights, fine-tuning (starting weights, freezing, the head's learning rate) and what a
     test adds (flip averaging, the confusion matrix) are callbacks: ``lightning_modules.ema.EMA``,
     ``lightning_modules.transfer.FineTune`` and ``lightning_modules.evaluation.TestTime`` (``--ema.*``,
-    ``--fine_tune.*`` and ``--test_time.*`` on ``ablate``).
+    ``--fine_tune.*`` and ``--test_time.*`` on ``ablate``). The memory layout and compilation change how
+    the network runs, not what it computes: ``speed_up`` (``--channels_last``, ``--compile``).
     """
 
     def __init__(
@@ -100,8 +97,6 @@ class ImageClassifier(pl.LightningModule):
         check_finite: bool = True,
         weight_decay_norm_bias: bool = True,
         lr_multipliers: dict[str, float] | None = None,
-        channels_last: bool | None = None,
-        compile: bool = False,
     ) -> None:
         super().__init__()
         _check_settings(optimizer, scheduler_interval, label_smoothing, lr_multipliers)
@@ -109,9 +104,7 @@ class ImageClassifier(pl.LightningModule):
         # The network as `ablate` configured it, kept in every checkpoint so it loads alone
         # (lightning_modules/inference.py); None when built in Python.
         self.network_spec = inference.cli_network_spec()
-        self.network = network.to(memory_format=torch.channels_last) if channels_last else network
-        if compile:
-            network.compile()  # in place: checkpoint keys do not change
+        self.network = network
         self.num_classes = _num_classes(network)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.scheduler_interval = scheduler_interval
@@ -119,8 +112,7 @@ class ImageClassifier(pl.LightningModule):
         self.weight_decay_norm_bias = weight_decay_norm_bias
         self.lr_multipliers = dict(lr_multipliers or {})  # FineTune adds the head's
         check_prefixes(network, self.lr_multipliers, "lr_multipliers")
-        self.channels_last = bool(channels_last)
-        self.compile_network = compile  # not `self.compile`: that is nn.Module's method
+        self.channels_last = self.compile_network = False  # how the network runs: speed_up()
         self.flip_at_test = False  # set by the TestTime callback (or from a checkpoint loaded in Python)
         # An average of the weights, set by the EMA callback (or from a checkpoint that holds one).
         self.ema_network: AveragedModel | None = None
@@ -140,6 +132,22 @@ class ImageClassifier(pl.LightningModule):
 
     # ----- forward passes --------------------------------------------------------------------
 
+    def speed_up(self, channels_last: bool = False, compile: bool = False) -> ImageClassifier:
+        """How the network runs, not what it computes (``--channels_last``, ``--compile`` on ``ablate``).
+
+        Args:
+            channels_last: Keep weights and inputs in NHWC memory layout (faster convolutions on
+                tensor cores and oneDNN CPUs, also with bf16); outputs equal the default layout's.
+            compile: ``torch.compile`` the network in place, so checkpoint keys do not change.
+        """
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        if compile:
+            self.network.compile()
+        self.channels_last = self.channels_last or channels_last
+        self.compile_network = self.compile_network or compile  # not `self.compile`: nn.Module's method
+        return self
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of the main head (auxiliary outputs dropped)."""
         return _logits(self._run(self.network, images))
@@ -158,7 +166,7 @@ class ImageClassifier(pl.LightningModule):
                 raise
             raise RuntimeError(
                 f"{type(self.network).__name__} failed with {' and '.join(flags)} on ({type(error).__name__}: "
-                f"{error}); run it with {' and '.join(f'{flag}: false' for flag in flags)}"
+                f"{error}); run it with {' and '.join(f'--{flag} false' for flag in flags)}"
             ) from error
 
     def eval_logits(self, network: nn.Module, images: torch.Tensor, stage: str) -> torch.Tensor:

@@ -111,19 +111,21 @@ def describe_yaml_error(error: yaml.YAMLError) -> str:
     return f"{where}: {problem}"
 
 
-# Model settings that became callbacks' (ema.EMA, transfer.FineTune, evaluation.TestTime): new place and
-# the value each had when unset. Every run's config.yaml written before names them all, so they are
-# moved as a config is read rather than refused.
+# Model settings that became callbacks' (ema.EMA, transfer.FineTune, evaluation.TestTime) or `ablate`'s
+# own (--channels_last, --compile, beside --speed): new key and the value each had when unset. Every
+# run's config.yaml written before names them all, so they are moved as a config is read, not refused.
 MOVED_MODEL_KEYS = {
-    "ema_decay": ("ema", "decay", 0.0),
-    "ema_eval": ("ema", "evaluate", False),
-    "weights": ("fine_tune", "weights", None),
-    "skip_mismatched_head": ("fine_tune", "skip_mismatched_head", True),
-    "freeze": ("fine_tune", "freeze", None),
-    "freeze_bn_stats": ("fine_tune", "freeze_bn_stats", True),
-    "head_lr_multiplier": ("fine_tune", "head_lr_multiplier", 1.0),
-    "tta_flip": ("test_time", "flip", False),
-    "confusion_matrix": ("test_time", "confusion_matrix", True),
+    "ema_decay": ("ema.decay", 0.0),
+    "ema_eval": ("ema.evaluate", False),
+    "weights": ("fine_tune.weights", None),
+    "skip_mismatched_head": ("fine_tune.skip_mismatched_head", True),
+    "freeze": ("fine_tune.freeze", None),
+    "freeze_bn_stats": ("fine_tune.freeze_bn_stats", True),
+    "head_lr_multiplier": ("fine_tune.head_lr_multiplier", 1.0),
+    "tta_flip": ("test_time.flip", False),
+    "confusion_matrix": ("test_time.confusion_matrix", True),
+    "channels_last": ("channels_last", None),
+    "compile": ("compile", False),
 }
 
 
@@ -136,15 +138,16 @@ def move_retired_keys(config: object) -> object:
     for settings in (model, model.get("init_args")):
         if not isinstance(settings, dict):
             continue
-        for old, (group, key, unset) in MOVED_MODEL_KEYS.items():
+        for old, (new, unset) in MOVED_MODEL_KEYS.items():
             if old not in settings:
                 continue
             value = settings.pop(old)
             if value == unset or (value == [] and unset is None):
                 continue
-            if not isinstance(config.get(group), dict):
+            group, _, key = new.rpartition(".")
+            if group and not isinstance(config.get(group), dict):
                 config[group] = {}
-            config[group].setdefault(key, value)
+            (config[group] if group else config).setdefault(key, value)
     return config
 
 

@@ -34,8 +34,8 @@ def _moved_keys(text: str) -> str:
     from lightning_modules.config_files import MOVED_MODEL_KEYS
 
     moved = [
-        f"model.{old} is now {group}.{key}"
-        for old, (group, key, _) in MOVED_MODEL_KEYS.items()
+        f"model.{old} is now {new}"
+        for old, (new, _) in MOVED_MODEL_KEYS.items()
         if re.search(rf"\bmodel\.{old}\b", text)
     ]
     return f" ({'; '.join(moved)})" if moved else ""

@@ -349,6 +349,6 @@ def load_model(
     network = network if network is not None else network_from_checkpoint(checkpoint, path)
     if datamodule is None:
         datamodule = datamodule_from_checkpoint(checkpoint, path)
-    model = ImageClassifier.load_from_checkpoint(path, map_location=device, network=network, compile=False)
+    model = ImageClassifier.load_from_checkpoint(path, map_location=device, network=network)
     classes = (checkpoint.get(ENTRY) or {}).get("classes") or [str(i) for i in range(model.num_classes)]
     return Predictor(model.to(device), datamodule, classes)

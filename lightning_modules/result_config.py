@@ -49,7 +49,9 @@ WHERE_OR_HOW = (
     "data.init_args.download",
     "data.init_args.cache_dir",
     "data.init_args.pin_memory",
-    "model.channels_last",
+    "channels_last",
+    "compile",
+    "model.channels_last",  # where configs saved before `ablate` had its own flags kept them
     "model.compile",
     "speed",
 )

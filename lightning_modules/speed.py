@@ -1,6 +1,6 @@
 """The automatic speed setting: the fastest precision and memory layout this device computes in.
 
-A run that leaves ``trainer.precision`` and ``model.channels_last`` unset (null) gets, on start:
+A run that leaves ``trainer.precision`` and ``channels_last`` unset (null) gets, on start:
 
     bf16-mixed + channels_last   a CUDA GPU with bf16, or a CPU with AMX-BF16: bf16 autocast halves the
                                  bytes moved and uses the bf16 matrix units
@@ -10,7 +10,7 @@ A run that leaves ``trainer.precision`` and ``model.channels_last`` unset (null)
 
 A value the user set, in a YAML file or on the command line, is never changed; ``--speed off`` turns
 the choice off (unset means fp32, contiguous). torch.compile is not part of it: on CPU its compile time
-is not repaid within a short run (docs/benchmarks/speed_auto_cpu.md); ``--model.compile true`` asks for it.
+is not repaid within a short run (docs/benchmarks/speed_auto_cpu.md); ``--compile true`` asks for it.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def resolve(
         speed: ``auto`` picks what the user left unset; ``off`` leaves unset as fp32, contiguous.
         accelerator: the trainer's ``accelerator`` setting.
         precision: the trainer's ``precision`` setting; None = unset.
-        channels_last: the model's ``channels_last`` setting; None = unset.
+        channels_last: the ``channels_last`` setting; None = unset.
         device: the capabilities (default: probed for ``accelerator``).
     """
     if precision is not None:
@@ -123,7 +123,7 @@ def one_line(choice: Choice, precision_set: bool, layout_set: bool) -> str:
     """``speed: 32-true + channels_last (CPU without native bf16; ...); <flags> for fp32 contiguous``."""
     shown = choice.precision + (" + channels_last" if choice.channels_last else ", contiguous")
     given = [name for name, given in (("precision", precision_set), ("layout", layout_set)) if given]
-    undo = [] if layout_set or not choice.channels_last else ["--model.channels_last false"]
+    undo = [] if layout_set or not choice.channels_last else ["--channels_last false"]
     if not precision_set and choice.precision != FP32:
         undo.append(f"--trainer.precision {FP32}")
     tail = f"; {' '.join(undo)} for fp32 contiguous" if undo else ""
@@ -145,7 +145,8 @@ def effective_precision(config: dict[str, Any], device: Device | None = None) ->
     precision meant fp32: read as ``off``, so resuming such a run on a bf16 device is refused, not
     silently continued in bf16."""
     trainer = config.get("trainer") or {}
-    model = config.get("model") or {}
+    # Saved before `channels_last` was ablate's own, it was the model's.
+    channels_last = config.get("channels_last", (config.get("model") or {}).get("channels_last"))
     speed = config["speed"] or "auto" if "speed" in config else "off"
-    choice, _ = resolve(speed, trainer.get("accelerator"), trainer.get("precision"), model.get("channels_last"), device)
+    choice, _ = resolve(speed, trainer.get("accelerator"), trainer.get("precision"), channels_last, device)
     return choice.precision

@@ -153,6 +153,7 @@ def test_values_out_of_range_are_refused_before_the_run(
         ("--model.freeze=[features]", "model.freeze is now fine_tune.freeze"),
         ("--model.weights=alexnet.pth", "model.weights is now fine_tune.weights"),
         ("--model.tta_flip=true", "model.tta_flip is now test_time.flip"),
+        ("--model.channels_last=true", "model.channels_last is now channels_last"),
     ],
 )
 def test_a_setting_that_became_a_callbacks_says_where_it_went(
@@ -169,7 +170,7 @@ def test_a_config_saved_before_the_callbacks_loads_with_its_settings_moved(tmp_p
     monkeypatch.chdir(tmp_path)
     old = {"model": {"ema_decay": 0.9, "ema_eval": False, "freeze": None, "freeze_bn_stats": True,
                      "head_lr_multiplier": 10.0, "weights": None, "skip_mismatched_head": False,
-                     "tta_flip": True, "confusion_matrix": True}}  # fmt: skip
+                     "tta_flip": True, "confusion_matrix": True, "channels_last": True, "compile": False}}  # fmt: skip
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
     args = ["--config", str(_config(tmp_path)), "--config", str(tmp_path / "old.yaml"), "--ema.evaluate=true"]
     config = run_lightning_cli(args, run=False).config
@@ -178,6 +179,8 @@ def test_a_config_saved_before_the_callbacks_loads_with_its_settings_moved(tmp_p
     assert config.fine_tune.weights is None and config.fine_tune.skip_mismatched_head is False
     assert config.test_time.flip is True and config.test_time.confusion_matrix is True
     assert "tta_flip" not in config.model and "confusion_matrix" not in config.model
+    assert config.channels_last is True and config.compile is False
+    assert "channels_last" not in config.model and "compile" not in config.model
     assert "ema_decay" not in config.model and "head_lr_multiplier" not in config.model
     assert "weights" not in config.model and "skip_mismatched_head" not in config.model
 

@@ -342,7 +342,7 @@ def test_channels_last_output_equals_contiguous(name: str, in_chans: int, size: 
     of each family style."""
     torch.manual_seed(0)
     reference = ImageClassifier(create_model(name, num_classes=10, in_chans=in_chans)).eval()
-    nhwc = ImageClassifier(create_model(name, num_classes=10, in_chans=in_chans), channels_last=True)
+    nhwc = ImageClassifier(create_model(name, num_classes=10, in_chans=in_chans)).speed_up(channels_last=True)
     nhwc.load_state_dict(reference.state_dict())
     nhwc.eval()
     convs = [m.weight for m in nhwc.network.modules() if isinstance(m, nn.Conv2d)]
@@ -370,13 +370,13 @@ class FlattensWithView(nn.Module):
 def test_channels_last_failure_names_the_model() -> None:
     images = torch.randn(2, 3, 8, 8)
     assert ImageClassifier(FlattensWithView())(images).shape == (2, 3)
-    with pytest.raises(RuntimeError, match="FlattensWithView failed with channels_last on .*channels_last: false"):
-        ImageClassifier(FlattensWithView(), channels_last=True)(images)
+    with pytest.raises(RuntimeError, match="FlattensWithView failed with channels_last on .*--channels_last false"):
+        ImageClassifier(FlattensWithView()).speed_up(channels_last=True)(images)
 
 
 def test_compile_is_in_place_and_keeps_checkpoint_keys() -> None:
     plain = ImageClassifier(create_model("lenet5"))
-    compiled = ImageClassifier(create_model("lenet5"), compile=True)
+    compiled = ImageClassifier(create_model("lenet5")).speed_up(compile=True)
     assert compiled.network._compiled_call_impl is not None, "compiled lazily, at the first forward"
     assert list(compiled.state_dict()) == list(plain.state_dict())
 
@@ -386,7 +386,7 @@ def test_compiled_training_matches_eager() -> None:
     """torch.compile (inductor, needs a C++ compiler on CPU): ~1 min of compilation here."""
     torch.manual_seed(0)
     eager = ImageClassifier(create_model("lenet5"), optimizer=sgd(0.05))
-    compiled = ImageClassifier(create_model("lenet5"), optimizer=sgd(0.05), compile=True)
+    compiled = ImageClassifier(create_model("lenet5"), optimizer=sgd(0.05)).speed_up(compile=True)
     compiled.load_state_dict(eager.state_dict())
     for model in (eager, compiled):
         quick_trainer(max_steps=2, limit_val_batches=0, deterministic=True).fit(
@@ -568,7 +568,7 @@ def test_recipe_knobs_from_the_command_line(synthetic_mnist: Path, tmp_path: Pat
         "fit", "--config", str(REPO / "experiments" / "quickstart_fast.yaml"),
         "--config", str(PRESETS / "recipes_cosine_adamw.yaml"),
         "--config", str(PRESETS / "recipes_regularisation.yaml"),
-        *QUICK, *data, "--trainer.precision=bf16-mixed", "--model.channels_last=true", "--ema.decay=0.9",
+        *QUICK, *data, "--trainer.precision=bf16-mixed", "--channels_last=true", "--ema.decay=0.9",
         "--test_time.flip=true", "--model.lr_scheduler.init_args.warmup_unit=step", "--trainer.log_every_n_steps=1",
         "--test_after_fit=true",
         cwd=tmp_path,
@@ -579,7 +579,7 @@ def test_recipe_knobs_from_the_command_line(synthetic_mnist: Path, tmp_path: Pat
     model = saved["model"]
     assert model["optimizer"]["class_path"] == "torch.optim.AdamW" and model["weight_decay_norm_bias"] is False
     assert model["lr_scheduler"]["class_path"] == "lightning_modules.schedules.WarmupCosine"
-    assert (saved["ema"]["decay"], model["channels_last"], saved["test_time"]["flip"], model["label_smoothing"]) == (
+    assert (saved["ema"]["decay"], saved["channels_last"], saved["test_time"]["flip"], model["label_smoothing"]) == (
         0.9,
         True,
         True,

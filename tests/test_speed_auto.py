@@ -61,7 +61,7 @@ def test_a_value_set_is_kept_and_the_rest_still_chosen() -> None:
     assert (choice.precision, choice.channels_last) == ("32-true", True)
     assert line == (
         "speed: 32-true + channels_last (CPU has AMX-BF16; NHWC convolutions are faster here, "
-        "precision as set); --model.channels_last false for fp32 contiguous"
+        "precision as set); --channels_last false for fp32 contiguous"
     )
     choice, line = speed.resolve("auto", "cpu", None, False, device=BF16_CPU)
     assert (choice.precision, choice.channels_last) == ("bf16-mixed", False)
@@ -80,7 +80,7 @@ def test_the_one_line_says_the_choice_why_and_how_to_undo_it() -> None:
     _, line = speed.resolve("auto", "cpu", None, None, device=BF16_CPU)
     assert line == (
         "speed: bf16-mixed + channels_last (CPU has AMX-BF16); "
-        "--model.channels_last false --trainer.precision 32-true for fp32 contiguous"
+        "--channels_last false --trainer.precision 32-true for fp32 contiguous"
     )
     _, line = speed.resolve("auto", "cpu", None, None, device=OTHER_CPU)
     assert line == "speed: 32-true, contiguous (CPU without native bf16)"
@@ -132,21 +132,21 @@ def test_the_cli_fills_in_what_is_unset_and_prints_one_line(mnist, monkeypatch, 
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("speed:")]
     assert lines == [
         "speed: bf16-mixed + channels_last (CPU has AMX-BF16); "
-        "--model.channels_last false --trainer.precision 32-true for fp32 contiguous"
+        "--channels_last false --trainer.precision 32-true for fp32 contiguous"
     ]
     assert _built(mnist, AVX2_CPU, monkeypatch) == ("32-true", True)
     assert _built([*mnist, "--speed=off"], BF16_CPU, monkeypatch) == ("32-true", False)
 
 
 def test_settings_on_the_command_line_win(mnist, monkeypatch, capsys) -> None:
-    given = [*mnist, "--trainer.precision=32-true", "--model.channels_last=false"]
+    given = [*mnist, "--trainer.precision=32-true", "--channels_last=false"]
     assert _built(given, BF16_CPU, monkeypatch) == ("32-true", False)
     assert "speed:" not in capsys.readouterr().out, "nothing was chosen"
-    assert _built([*mnist, "--model.channels_last=false"], BF16_CPU, monkeypatch) == ("bf16-mixed", False)
+    assert _built([*mnist, "--channels_last=false"], BF16_CPU, monkeypatch) == ("bf16-mixed", False)
 
 
 def test_settings_in_a_yaml_file_win(mnist, tmp_path: Path, monkeypatch) -> None:
-    (tmp_path / "fp32.yaml").write_text("trainer:\n  precision: 32-true\nmodel:\n  channels_last: false\n")
+    (tmp_path / "fp32.yaml").write_text("trainer:\n  precision: 32-true\nchannels_last: false\n")
     assert _built([*mnist, "--config", str(tmp_path / "fp32.yaml")], BF16_CPU, monkeypatch) == ("32-true", False)
     (tmp_path / "bf16.yaml").write_text("trainer:\n  precision: bf16-mixed\n")
     assert _built([*mnist, "--config", str(tmp_path / "bf16.yaml")], OTHER_CPU, monkeypatch) == ("bf16-mixed", False)
@@ -196,7 +196,7 @@ def test_a_deterministic_tiny_fit_with_auto_repeats_bitwise(mnist, tmp_path: Pat
         (folder,) = (tmp_path / name).glob("*/version_0")
         saved = yaml.safe_load((folder / "config.yaml").read_text())
         choice = speed.choose(speed.probe("cpu"))
-        assert (saved["trainer"]["precision"], saved["model"]["channels_last"]) == (
+        assert (saved["trainer"]["precision"], saved["channels_last"]) == (
             choice.precision,
             choice.channels_last,
         ), "config.yaml records what the run used"

@@ -303,7 +303,7 @@ def bench_time_to_acc(args: argparse.Namespace) -> dict:
         "ablate-fp32": functools.partial(
             project_side,
             stop_at_target=not args.full_schedule,
-            overrides=("--trainer.precision=32-true", "--model.channels_last=false"),
+            overrides=("--trainer.precision=32-true", "--channels_last=false"),
         ),
     }
     runs = interleaved(
