@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sys
 import weakref
 from pathlib import Path
 from typing import Any, Literal
@@ -207,6 +208,28 @@ class AblateCLI(LightningCLI):
             from lightning_modules import quiet
 
             quiet.resuming()
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning's (private; no public hook reads a checkpoint's hyper-parameters into the config),
+        # from the checkpoint prepare_run already loaded safely, less the model settings that moved out
+        # of the classifier (config_files.MOVED_MODEL_KEYS): a checkpoint written before names them,
+        # jsonargparse would refuse them, and the run's config gives them now.
+        from lightning_modules.config_files import MOVED_MODEL_KEYS
+
+        checkpoint = getattr(self, "_checkpoint", None)
+        if checkpoint is None or not self.config.get("subcommand"):
+            return
+        hparams = {
+            key: value
+            for key, value in (checkpoint.get("hyper_parameters") or {}).items()
+            if key not in MOVED_MODEL_KEYS and key != "_instantiator"
+        }
+        if hparams:
+            try:
+                self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+            except SystemExit:
+                sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+                raise
 
     def after_instantiate_classes(self) -> None:
         # num_classes/in_chans given but contradicting the data; a checkpoint of another network or

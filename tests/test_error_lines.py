@@ -185,6 +185,27 @@ def test_a_config_saved_before_the_callbacks_loads_with_its_settings_moved(tmp_p
     assert "weights" not in config.model and "skip_mismatched_head" not in config.model
 
 
+def test_a_checkpoint_saved_before_the_callbacks_is_tested_with_its_settings_from_the_config(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Lightning reads a checkpoint's hyper-parameters into the config; those of a checkpoint written
+    before the settings moved name the old keys, which would refuse the run."""
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path)
+    assert cli.main(["fit", "--config", str(config)]) == 0
+    (last,) = tmp_path.glob("runs/*/version_0/checkpoints/last.ckpt")
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"].update(
+        ema_decay=0.0, ema_eval=False, weights=None, skip_mismatched_head=True, freeze=None, freeze_bn_stats=True,
+        head_lr_multiplier=1.0, tta_flip=False, confusion_matrix=True, channels_last=False, compile=False,
+    )  # fmt: skip
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    code = cli.main(["test", "--config", str(config), f"--ckpt_path={tmp_path / 'old.ckpt'}", "--test_time.flip=true"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    saved = tmp_path / "runs" / "default" / "version_1" / "config.yaml"  # the test's own folder
+    assert yaml.safe_load(saved.read_text())["test_time"]["flip"] is True, "the command line's, not dropped"
+
+
 def test_a_freeze_name_that_matches_nothing_is_refused_before_any_folder(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     code, last, _ = _fails(["fit", "--config", str(_config(tmp_path)), "--fine_tune.freeze=[convs]"], capsys)
