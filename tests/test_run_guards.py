@@ -103,6 +103,26 @@ def test_a_resume_that_changes_a_setting_is_refused_and_the_saved_config_kept(wo
     assert torch.load(saved.parent / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
+def test_a_run_saved_before_settings_left_the_model_resumes(workdir: Path, capsys) -> None:
+    """Its config.yaml names model.ema_decay ... model.channels_last; compared where they are now, nothing
+    changed, and a setting that did change is still refused."""
+    code, last = fit(capsys)
+    assert code == 0, last
+    saved = workdir / "runs" / "tiny" / "version_0" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    for group in ("ema", "fine_tune", "test_time", "channels_last", "compile"):
+        config.pop(group, None)
+    config["model"].update(
+        ema_decay=0.0, ema_eval=False, weights=None, skip_mismatched_head=True, freeze=None, freeze_bn_stats=True,
+        head_lr_multiplier=1.0, tta_flip=True, confusion_matrix=True, channels_last=False, compile=False,
+    )  # fmt: skip
+    saved.write_text(yaml.safe_dump(config))
+    code, last = fit(capsys, "--ckpt_path", "last", "--trainer.max_epochs=2")
+    assert code == 2 and "test_time.flip: true -> false" in last, last
+    code, last = fit(capsys, "--ckpt_path", "last", "--trainer.max_epochs=2", "--test_time.flip=true")
+    assert code == 0, last
+
+
 def test_config_changes_name_what_may_not_change_on_resume() -> None:
     def config(lr=0.1, epochs=10, workers=2, schedule=None, callbacks=()) -> dict:
         return {
