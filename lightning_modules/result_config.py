@@ -12,9 +12,11 @@ differently (``32``, ``"32-true"``) are one value. A resumed run is refused when
 
 from __future__ import annotations
 
+import copy
 import importlib
 from typing import Any
 
+from lightning_modules.config_files import move_retired_keys
 from lightning_modules.speed import effective_precision
 
 # Flattened keys (and everything below them) that decide where or how a run happens, not its result.
@@ -51,8 +53,6 @@ WHERE_OR_HOW = (
     "data.init_args.pin_memory",
     "channels_last",
     "compile",
-    "model.channels_last",  # where configs saved before `ablate` had its own flags kept them
-    "model.compile",
     "speed",
 )
 
@@ -108,7 +108,9 @@ def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> None:
 
 def result_config(config: dict[str, Any]) -> dict[str, Any]:
     """The flattened keys of a resolved ``fit`` config that decide the result (see the module's rule)."""
-    config = dict(config)
+    # A config saved before settings left the model names them there: read where they are now, so a
+    # resume or a sweep compares like with like (model.tta_flip is test_time.flip).
+    config = move_retired_keys(copy.deepcopy(config))
     callbacks = (config.get("trainer") or {}).get("callbacks") or []
     flat: dict[str, Any] = {}
     _flatten({key: value for key, value in config.items()}, "", flat)

@@ -268,12 +268,9 @@ def _show(value: Any) -> str:
 
 def check_resumed_config(current: dict[str, Any], run_folder: Path | None, ckpt_path: str) -> None:
     """Refuse a resume whose result-deciding settings differ from the run's saved config.yaml."""
-    from lightning_modules.config_files import move_retired_keys
-
     for path in saved_configs(run_folder, ckpt_path):
         try:
-            # Saved before settings left the model, it names them there: compared where they are now.
-            saved = move_retired_keys(yaml.safe_load(path.read_text()) or {})
+            saved = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue  # unreadable: nothing to compare with (the resumed run writes a new one)
         changes = config_changes(saved, current)

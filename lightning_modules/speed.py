@@ -145,8 +145,8 @@ def effective_precision(config: dict[str, Any], device: Device | None = None) ->
     precision meant fp32: read as ``off``, so resuming such a run on a bf16 device is refused, not
     silently continued in bf16."""
     trainer = config.get("trainer") or {}
-    # Saved before `channels_last` was ablate's own, it was the model's.
-    channels_last = config.get("channels_last", (config.get("model") or {}).get("channels_last"))
     speed = config["speed"] or "auto" if "speed" in config else "off"
-    choice, _ = resolve(speed, trainer.get("accelerator"), trainer.get("precision"), channels_last, device)
+    choice, _ = resolve(
+        speed, trainer.get("accelerator"), trainer.get("precision"), config.get("channels_last"), device
+    )
     return choice.precision
