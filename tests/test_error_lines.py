@@ -323,6 +323,11 @@ def test_a_study_yaml_syntax_error_names_the_file_and_line(tmp_path: Path, capsy
         ("arms: {a: {}}\n", "needs `name:`"),
         ("name: x\narms:\n", "needs `arms:`"),
         ("name: x\narms: {a: {}}\ntiers: smoke\n", "`tiers:` must map"),
+        (
+            "name: x\narms: {a: {paper: 5, grup: T}}\n",
+            "arm 'a' has keys .'grup'.; an arm takes a mapping of differs, group",
+        ),
+        ("name: x\narms: {a: 5}\n", "arm 'a' has a int"),
     ],
 )
 def test_a_malformed_study_yaml_is_a_study_error(text: str, expect: str, tmp_path: Path) -> None:

@@ -294,6 +294,36 @@ def test_a_compressed_tier_is_compared_by_the_order_of_the_arms(tmp_path: Path) 
     assert original["fail"] and original["diff"] == pytest.approx(60.0 - 6.61)
 
 
+def test_arms_are_ranked_within_the_group_the_paper_compares_them_in(tmp_path: Path) -> None:
+    """Table 2 compares units within a depth: deeper nets that train worse in a short tier must not
+    turn a within-depth agreement into a disagreement."""
+    study = load_study("resnet_units")
+    # Within each depth our order is the paper's; across depths it is reversed (ResNet-164 worse here).
+    ours = {
+        "full_preact_110": 25.0,
+        "original_110": 26.0,
+        "relu_preact_110": 27.0,
+        "full_preact_164": 30.0,
+        "relu_preact_164": 31.0,
+        "original_164": 32.0,
+    }
+    _results(tmp_path, "resnet_units", "short", ours)
+    rows = report_module.collect(study, "short", tmp_path)
+    assert report_module.rank_agreements(rows) == {
+        "ResNet-110": (pytest.approx(1.0), 3),
+        "ResNet-164": (pytest.approx(1.0), 3),
+    }
+    ranks = {row["arm"]: (row["rank_paper"], row["rank_ours"]) for row in rows if "rank_ours" in row}
+    # Pooled, original_164 would rank 3rd in the paper and 6th in ours.
+    assert ranks["original_164"] == (3, 3) and ranks["full_preact_110"] == (1, 1)
+    text = report_module.markdown(study, "short", rows)
+    assert "ResNet-110: **+1.00** over 3 arms; ResNet-164: **+1.00** over 3 arms." in text
+    assert "Spearman's rho over" not in text, "no rho pooled across the groups"
+
+    all_cnn = load_study("all_cnn")
+    assert {arm.group for arm in all_cnn.arms.values()} == {"Table 3", "Table 4", "Table 5"}
+
+
 # ----- numbers a researcher can trust ------------------------------------------------------------
 
 

@@ -111,6 +111,7 @@ def collect(study: Study, tier: str, out: Path) -> list[dict]:
         row = {
             "arm": arm.name,
             "label": arm.label,
+            "group": arm.group,
             "paper": arm.paper,
             "selected": selected,
             "n": len(values),
@@ -162,18 +163,34 @@ def _as_rankable(value: float | str) -> float:
     return float("inf") if value == "fail" else float(value)
 
 
+def _groups(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows of each group (``Arm.group``), in table order ("" for a study of one group)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    return groups
+
+
 def _rank(rows: list[dict]) -> None:
     """``rank_paper`` and ``rank_ours`` over the arms with a result and a published value ('fail',
-    the paper's or a diverged arm of ours, ranks after every number, as a tie)."""
-    ranked = [row for row in rows if row["ours"] is not None and row["paper"] is not None]
-    paper = [_as_rankable(row["paper"]) for row in ranked]
-    ours = [_as_rankable(row["ours"]) for row in ranked]
-    for row, rank_paper, rank_ours in zip(ranked, _average_ranks(paper), _average_ranks(ours), strict=True):
-        row["rank_paper"], row["rank_ours"] = rank_paper, rank_ours
+    the paper's or a diverged arm of ours, ranks after every number, as a tie), within each group
+    the paper compares arms in (``Arm.group``)."""
+    for group in _groups(rows).values():
+        ranked = [row for row in group if row["ours"] is not None and row["paper"] is not None]
+        paper = [_as_rankable(row["paper"]) for row in ranked]
+        ours = [_as_rankable(row["ours"]) for row in ranked]
+        for row, rank_paper, rank_ours in zip(ranked, _average_ranks(paper), _average_ranks(ours), strict=True):
+            row["rank_paper"], row["rank_ours"] = rank_paper, rank_ours
+
+
+def rank_agreements(rows: list[dict]) -> dict[str, tuple[float | None, int]]:
+    """``rank_agreement`` within each group ("" for a study of one group)."""
+    return {name: rank_agreement(group) for name, group in _groups(rows).items()}
 
 
 def rank_agreement(rows: list[dict]) -> tuple[float | None, int]:
-    """Spearman's rho between the paper's order of the arms and ours, and how many arms it covers."""
+    """Spearman's rho between the paper's order of the arms and ours, and how many arms it covers
+    (``rows`` of one group: their ranks are taken within it)."""
     pairs = [(row["rank_paper"], row["rank_ours"]) for row in rows if "rank_ours" in row]
     if len(pairs) < 3:
         return None, len(pairs)
@@ -241,12 +258,29 @@ def markdown(study: Study, tier: str, rows: list[dict]) -> str:
             f"| {row['label']} | {_paper(row['paper'])} | {_ours(row)} | {_fmt(row['median'])} | "
             f"{diff} | {rank} | {row['n']} | {row['failed']} | {params} | {_fingerprint(row)} |{selected}"
         )
-    rho, arms = rank_agreement(rows)
-    if rho is not None:
+    agreements = rank_agreements(rows)
+    if list(agreements) == [""]:
+        rho, arms = agreements[""]
+        if rho is not None:
+            lines += [
+                "",
+                f"Order of the arms, ours against the paper's (Spearman's rho over {arms} arms, "
+                f"'fail' tied last): **{rho:+.2f}**.",
+            ]
+    else:
+        # The paper compares arms within a group (one depth, one table); a rho across groups would
+        # mix that comparison with the groups' own difference (depth, dataset).
+        within = [
+            f"{name or 'ungrouped'}: **{rho:+.2f}** over {arms} arms"
+            for name, (rho, arms) in agreements.items()
+            if rho is not None
+        ]
+        without = [name or "ungrouped" for name, (rho, _) in agreements.items() if rho is None]
         lines += [
             "",
-            f"Order of the arms, ours against the paper's (Spearman's rho over {arms} arms, "
-            f"'fail' tied last): **{rho:+.2f}**.",
+            "Order of the arms within each group the paper compares them in, ours against the paper's "
+            f"(Spearman's rho, 'fail' tied last; the ranks above are within the group): {'; '.join(within) or 'none'}."
+            + (f" No rho (under 3 ranked arms, or no spread): {', '.join(without)}." if without else ""),
         ]
     notes = [f"- {row['arm']}: {reason}" for row in rows for reason in row["failures"]]
     notes += [f"- {row['arm']}: {row['unfinished']} run(s) not finished" for row in rows if row["unfinished"]]
@@ -284,6 +318,7 @@ def to_csv(rows: list[dict]) -> str:
     fields = [
         "arm",
         "label",
+        "group",
         "paper",
         "selected",
         "n",

@@ -21,6 +21,7 @@ import yaml
 
 STUDIES_DIR = Path(__file__).parent
 TIERS = ("full", "short", "smoke")
+ARM_KEYS = {"paper", "label", "differs", "group"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class Arm:
         label: How the paper's table names the arm.
         differs: Resolved-config keys (or key prefixes) the arm changes beyond the study's ``varies``,
             mapped to the source that has them differ (the paper's section, the authors' code file).
+        group: The part of the paper's results the arm is compared within, where there are several: a
+            column of the table (He et al. 2016b, Table 2: ResNet-110 and ResNet-164 compare units at one
+            depth, not across depths) or another table (All-CNN's Tables 4 and 5). Arms are ranked
+            against the paper within their group.
     """
 
     name: str
@@ -44,6 +49,7 @@ class Arm:
     # Keys this arm changes beyond what its study's table varies, each with its source: where the
     # paper's protocol, or the authors' released code, differs between arms.
     differs: dict[str, str] = field(default_factory=dict)
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,16 +109,24 @@ def load_study(name_or_path: str | Path) -> Study:
     meta = _read_meta(meta_path)
     arms = {}
     for arm_name, arm_meta in meta["arms"].items():
+        arm_meta = arm_meta or {}
+        unknown = sorted(set(arm_meta) - ARM_KEYS) if isinstance(arm_meta, dict) else None
+        if unknown is None or unknown:
+            # A misspelt key (`grup:`) would otherwise be dropped and change the report silently.
+            found = f"keys {unknown}" if unknown else f"a {type(arm_meta).__name__}"
+            raise StudyError(
+                f"{meta_path}: arm {arm_name!r} has {found}; an arm takes a mapping of {', '.join(sorted(ARM_KEYS))}"
+            )
         config = root / "arms" / f"{arm_name}.yaml"
         if not config.is_file():
             raise StudyError(f"study {meta['name']!r} lists arm {arm_name!r} but {config} does not exist")
-        arm_meta = arm_meta or {}
         arms[arm_name] = Arm(
             arm_name,
             config,
             arm_meta.get("paper"),
             arm_meta.get("label", arm_name),
             dict(arm_meta.get("differs") or {}),
+            str(arm_meta.get("group") or ""),
         )
     tiers = meta.get("tiers", {})
     missing = [tier for tier in TIERS if tier not in tiers]
