@@ -328,6 +328,7 @@ def test_a_study_yaml_syntax_error_names_the_file_and_line(tmp_path: Path, capsy
             "arm 'a' has keys .'grup'.; an arm takes a mapping of differs, group",
         ),
         ("name: x\narms: {a: 5}\n", "arm 'a' has a int"),
+        ("name: x\narms: {a: {paper: fial}}\n", "arm 'a' has paper: 'fial'; give the published error"),
     ],
 )
 def test_a_malformed_study_yaml_is_a_study_error(text: str, expect: str, tmp_path: Path) -> None:

@@ -117,13 +117,19 @@ def load_study(name_or_path: str | Path) -> Study:
             raise StudyError(
                 f"{meta_path}: arm {arm_name!r} has {found}; an arm takes a mapping of {', '.join(sorted(ARM_KEYS))}"
             )
+        paper = arm_meta.get("paper")
+        if not (paper is None or paper == "fail" or (isinstance(paper, (int, float)) and not isinstance(paper, bool))):
+            raise StudyError(
+                f"{meta_path}: arm {arm_name!r} has paper: {paper!r}; give the published error in percent, "
+                "'fail', or null where the paper has no number"
+            )
         config = root / "arms" / f"{arm_name}.yaml"
         if not config.is_file():
             raise StudyError(f"study {meta['name']!r} lists arm {arm_name!r} but {config} does not exist")
         arms[arm_name] = Arm(
             arm_name,
             config,
-            arm_meta.get("paper"),
+            paper,
             arm_meta.get("label", arm_name),
             dict(arm_meta.get("differs") or {}),
             str(arm_meta.get("group") or ""),
