@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,13 +267,29 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def check_resumed_config(current: dict[str, Any], run_folder: Path | None, ckpt_path: str) -> None:
-    """Refuse a resume whose result-deciding settings differ from the run's saved config.yaml."""
+def check_resumed_config(
+    current: dict[str, Any],
+    run_folder: Path | None,
+    ckpt_path: str,
+    with_defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
+    """Refuse a resume whose result-deciding settings differ from the run's saved config.yaml.
+
+    ``with_defaults`` reads a saved config as today's parser would, filling in the parameters the
+    code gained since the run started with their defaults, so that setting one otherwise on resume is
+    a change (``config_changes`` leaves out keys on one side only). Where it fails, the file is
+    compared as saved.
+    """
     for path in saved_configs(run_folder, ckpt_path):
         try:
             saved = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue  # unreadable: nothing to compare with (the resumed run writes a new one)
+        if with_defaults is not None:
+            try:
+                saved = with_defaults(saved)
+            except Exception:  # noqa: BLE001 - a file today's parser refuses is compared as saved
+                pass
         changes = config_changes(saved, current)
         if not changes:
             continue

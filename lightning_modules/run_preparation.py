@@ -10,6 +10,7 @@ one line without having loaded anything (docs/reliability.md, "One line, always"
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import yaml
 
 from lightning_modules import run_guards, run_lock
 from lightning_modules.checkpoint_loading import check_checkpoint_fits, load_checkpoint
+from lightning_modules.config_files import move_retired_keys
 from lightning_modules.config_lookup import as_list
 from lightning_modules.errors import CheckpointError, ConfigError
 from lightning_modules.quiet import say
@@ -82,6 +84,19 @@ def prepare_run(config: Any) -> dict[str, Any] | None:
     return load_checkpoint(ckpt_path)
 
 
+def _with_todays_defaults(parser: Any, saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.yaml as today's parser reads it: a parameter the code gained since the run
+    started gets its default, so a resume that sets it otherwise is a change. Raises where today's
+    parser refuses the file (a parameter the code has since lost)."""
+    exits = parser.exit_on_error
+    parser.exit_on_error = False  # a refusal is the caller's to handle, not a usage message and exit
+    try:
+        parsed = parser.parse_object(move_retired_keys(copy.deepcopy(saved)))
+        return yaml.safe_load(parser.dump(parsed, skip_none=False)) or {}
+    finally:
+        parser.exit_on_error = exits
+
+
 def check_run(cli: Any, checkpoint: dict[str, Any] | None) -> Path | None:
     """Checks once the classes exist: explicit ``num_classes``/``in_chans`` that contradict the
     data, ``fine_tune.freeze`` names that match no parameter, evaluation without trained weights,
@@ -105,8 +120,14 @@ def check_run(cli: Any, checkpoint: dict[str, Any] | None) -> Path | None:
         if subcommand == "fit" and run.get("ckpt_path") not in (None, "best", "hpc"):
             # Compared as SaveConfigCallback would write it, so equal settings compare equal; LightningCLI
             # keeps the subcommand's parser, which writes it, behind its private `_parser` alone.
-            current = yaml.safe_load(cli._parser(subcommand).dump(run, skip_none=False)) or {}
-            run_guards.check_resumed_config(current, fixed_run_folder(run.get("trainer")), run["ckpt_path"])
+            parser = cli._parser(subcommand)
+            current = yaml.safe_load(parser.dump(run, skip_none=False)) or {}
+            run_guards.check_resumed_config(
+                current,
+                fixed_run_folder(run.get("trainer")),
+                run["ckpt_path"],
+                with_defaults=lambda saved: _with_todays_defaults(parser, saved),
+            )
         if subcommand:
             # Evaluating a run in its own folder adds rows to its metrics.csv; a resumed fit keeps the
             # rows before its checkpoint's step (it logs the later ones again); a new fit starts empty.

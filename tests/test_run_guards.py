@@ -123,6 +123,39 @@ def test_a_run_saved_before_settings_left_the_model_resumes(workdir: Path, capsy
     assert code == 0, last
 
 
+def test_a_setting_the_code_gained_since_the_run_started_is_compared_with_its_default(workdir: Path, capsys) -> None:
+    """A run saved before the MNIST data module had `augment` trained without augmentation: resuming
+    with it set would change the run without a word; resuming with its default (what ran) goes on."""
+    code, last = fit(capsys)
+    assert code == 0, last
+    saved = workdir / "runs" / "tiny" / "version_0" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    del config["data"]["init_args"]["augment"]
+    saved.write_text(yaml.safe_dump(config))
+    code, last = fit(capsys, "--ckpt_path", "last", "--trainer.max_epochs=2", "--data.init_args.augment=shift")
+    assert code == 2 and "data.init_args.augment: none -> shift" in last, last
+    code, last = fit(capsys, "--ckpt_path", "last", "--trainer.max_epochs=2")
+    assert code == 0, last
+
+
+def test_a_model_setting_the_checkpoint_holds_is_never_replaced_silently(workdir: Path, capsys) -> None:
+    """Lightning reads a checkpoint's hyper-parameters over the config's: a resume asked to change one
+    is refused (it would have trained on with the old value), an evaluation says which value it used."""
+    code, last = fit(capsys)
+    assert code == 0, last
+    code, last = fit(capsys, "--ckpt_path", "last", "--trainer.max_epochs=2", "--model.label_smoothing=0.1")
+    assert code == 2, last
+    assert "model.label_smoothing: 0.1 given, 0.0 in the checkpoint" in last and "resume without changing" in last
+    checkpoint = workdir / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    code = main(["test", "--config", "tiny.yaml", "--ckpt_path", str(checkpoint), "--model.label_smoothing=0.1"])
+    assert code == 0
+    assert (
+        "ablate: test uses the checkpoint's model settings, not the config's: "
+        "model.label_smoothing: 0.1 given, 0.0 in the checkpoint" in capsys.readouterr().err
+    )
+
+
 def test_config_changes_name_what_may_not_change_on_resume() -> None:
     def config(lr=0.1, epochs=10, workers=2, schedule=None, callbacks=()) -> dict:
         return {
