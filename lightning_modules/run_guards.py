@@ -282,9 +282,24 @@ def check_resumed_config(
     """
     for path in saved_configs(run_folder, ckpt_path):
         try:
-            saved = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue  # unreadable: nothing to compare with (the resumed run writes a new one)
+            saved = yaml.safe_load(path.read_text())
+            problem = (
+                None
+                if isinstance(saved, dict)
+                else "it is empty"
+                if saved is None
+                else f"it holds a {type(saved).__name__}, not a config"
+            )
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            problem = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if problem:
+            # Written atomically, so only a hand edit or a failing disk gets here; resuming unchecked
+            # could change the run without a word.
+            raise ConfigError(
+                f"cannot check this resume against the run's saved config {path} ({problem}). It records what "
+                "the run started with: restore it, or move it aside to resume without the check (the resumed run "
+                "writes a new one)"
+            )
         if with_defaults is not None:
             try:
                 saved = with_defaults(saved)

@@ -156,6 +156,21 @@ def test_a_model_setting_the_checkpoint_holds_is_never_replaced_silently(workdir
     )
 
 
+@pytest.mark.parametrize("damage", [b"trainer: [unclosed\n", b"\xff\xfe\x00", b"- a list\n", b""])
+def test_a_resume_whose_saved_config_cannot_be_read_is_refused(damage: bytes, workdir: Path, capsys) -> None:
+    """Nothing to compare with is no licence to change the run: the user restores the file or moves it aside."""
+    code, last = fit(capsys)
+    assert code == 0, last
+    saved = workdir / "runs" / "tiny" / "version_0" / "config.yaml"
+    saved.write_bytes(damage)
+    code, last = fit(capsys, "--ckpt_path", "last", "--trainer.max_epochs=2", "--model.optimizer.init_args.lr=0.5")
+    assert code == 2 and "cannot check this resume against the run's saved config" in last, last
+    assert saved.read_bytes() == damage, "refused before anything is written"
+    saved.rename(saved.with_name("config.yaml.damaged"))
+    code, last = fit(capsys, "--ckpt_path", "last", "--trainer.max_epochs=2")
+    assert code == 0, last
+
+
 def test_config_changes_name_what_may_not_change_on_resume() -> None:
     def config(lr=0.1, epochs=10, workers=2, schedule=None, callbacks=()) -> dict:
         return {
