@@ -27,10 +27,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import yaml
+from pytorch_lightning.core.saving import save_hparams_to_yaml
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from lightning_modules.config_lookup import as_list, lookup
-from lightning_modules.files import open_atomic
+from lightning_modules.files import atomic_path, open_atomic
+from lightning_modules.quiet import say
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
@@ -194,9 +196,26 @@ class MetricsHistoryWriter(ExperimentWriter):
         super().__init__(log_dir=log_dir)
         hparams_file = Path(self.log_dir) / self.NAME_HPARAMS_FILE
         if self._fs.isfile(str(hparams_file)):  # an evaluation adds to the run's, never replaces them
-            with self._fs.open(str(hparams_file), "r") as handle:
-                loaded = yaml.safe_load(handle)
+            try:
+                with self._fs.open(str(hparams_file), "r") as handle:
+                    loaded = yaml.safe_load(handle)
+            except (UnicodeDecodeError, yaml.YAMLError):
+                # Damaged (a hand edit; runs before this writer's saves were atomic): kept aside, not
+                # a reason to stop a resume or an evaluation; the hyper-parameters are logged again.
+                aside = hparams_file.with_name(f"{hparams_file.name}.unreadable")
+                self._fs.mv(str(hparams_file), str(aside))
+                say(f"ablate: {hparams_file} could not be read; kept as {aside.name}, a new one is written")
+                loaded = {}
             self.hparams = loaded if isinstance(loaded, dict) else {}
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        # Lightning's rewrites hparams.yaml in place: a kill mid-write would leave half a file.
+        if "://" in self.log_dir:
+            return super().log_hparams(params)
+        self.hparams.update(params)
+        with atomic_path(Path(self.log_dir) / self.NAME_HPARAMS_FILE) as temporary:
+            save_hparams_to_yaml(temporary, self.hparams)
+        return None
 
     def _check_log_dir_exists(self) -> None:
         # Lightning's warns and deletes metrics.csv; here its rows stay and new ones are appended.

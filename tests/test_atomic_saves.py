@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from pytorch_lightning.callbacks import Callback
 
 import lightning_modules.files as files
@@ -23,7 +24,7 @@ from lightning_modules.checkpoint_loading import load_checkpoint
 from lightning_modules.config_parser import ConfigErrorParser
 from lightning_modules.divergence import DivergenceError
 from lightning_modules.errors import CheckpointError
-from lightning_modules.run_folders import _newest_last
+from lightning_modules.run_folders import MetricsHistoryWriter, _newest_last
 from tests.support import QUICK, write_synthetic_mnist
 
 CHECKPOINTS = Path("runs/default/version_0/checkpoints")
@@ -141,6 +142,32 @@ def test_records_and_configs_are_written_whole_or_not_at_all(tmp_path: Path, mon
     monkeypatch.undo()
     assert config.read_text() == "lr: 0.1\n"
     assert _leftovers(tmp_path) == []
+
+
+def test_hparams_yaml_is_written_whole_and_a_damaged_one_is_kept_aside(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Lightning rewrites hparams.yaml in place, and a resume or evaluation of the run reads it back."""
+    writer = MetricsHistoryWriter(str(tmp_path))
+    writer.log_hparams({"lr": 0.1})
+    hparams = tmp_path / "hparams.yaml"
+    assert yaml.safe_load(hparams.read_text()) == {"lr": 0.1}
+
+    def full(descriptor: int) -> None:  # the new file is written; the disk refuses it at the sync
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(files.SaveError, match="hparams.yaml: No space left on device"):
+        writer.log_hparams({"lr": 0.2})
+    monkeypatch.undo()
+    assert yaml.safe_load(hparams.read_text()) == {"lr": 0.1} and _leftovers(tmp_path) == []
+
+    hparams.write_text("lr: [0.1\n")  # half a file, as a kill inside an in-place write leaves it
+    capsys.readouterr()
+    resumed = MetricsHistoryWriter(str(tmp_path))
+    assert resumed.hparams == {}
+    assert (tmp_path / "hparams.yaml.unreadable").read_text() == "lr: [0.1\n"
+    assert "hparams.yaml could not be read; kept as hparams.yaml.unreadable" in capsys.readouterr().err
+    resumed.log_hparams({"lr": 0.1})
+    assert yaml.safe_load(hparams.read_text()) == {"lr": 0.1}
 
 
 def test_predictions_of_a_failed_predict_leave_no_partial_csv(tmp_path: Path) -> None:
