@@ -11,7 +11,6 @@ analysis tools rebuilding a trained run.
 from __future__ import annotations
 
 import contextvars
-import json
 import os
 import sys
 import weakref
@@ -20,7 +19,6 @@ from typing import Any, Literal
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from lightning_modules.errors import ConfigError
 from lightning_modules.files import write_json_atomic
 from lightning_modules.preemption import last_checkpoint_path
 from lightning_modules.quiet import say
@@ -235,26 +233,16 @@ class AblateCLI(LightningCLI):
         except SystemExit:
             sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
             raise
-        # The checkpoint's values replace the config's: say so, never silently.
+        # The checkpoint's values replace the config's: a resume may not change them, an evaluation says so.
+        from lightning_modules.run_guards import check_restored_model_settings
+
         restored = self.config[subcommand].model
-        overridden = {
-            key: (given.get(key), restored.get(key)) for key in hparams if given.get(key) != restored.get(key)
-        }
-        if not overridden:
-            return
-        shown = "; ".join(
-            f"model.{key}: {json.dumps(mine, default=str)} given, {json.dumps(theirs, default=str)} in the checkpoint"
-            for key, (mine, theirs) in overridden.items()
+        check_restored_model_settings(
+            subcommand,
+            {key: given.get(key) for key in hparams},
+            {key: restored.get(key) for key in hparams},
+            self.config[subcommand].get("ckpt_path"),
         )
-        ckpt_path = self.config[subcommand].get("ckpt_path")
-        if subcommand == "fit":
-            # A resume would train on with the checkpoint's values and drop the ones asked for.
-            raise ConfigError(
-                f"resuming {ckpt_path} with model settings that differ from its own: {shown}. A resumed run goes on "
-                f"as it started; start a new run (another folder; --fine_tune.weights {ckpt_path} starts from its "
-                "weights), or resume without changing them"
-            )
-        say(f"ablate: {subcommand} uses the checkpoint's model settings, not the config's: {shown}")
 
     def after_instantiate_classes(self) -> None:
         # num_classes/in_chans given but contradicting the data; a checkpoint of another network or

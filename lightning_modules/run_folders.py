@@ -211,11 +211,11 @@ class MetricsHistoryWriter(ExperimentWriter):
     def log_hparams(self, params: dict[str, Any]) -> None:
         # Lightning's rewrites hparams.yaml in place: a kill mid-write would leave half a file.
         if "://" in self.log_dir:
-            return super().log_hparams(params)
+            super().log_hparams(params)
+            return
         self.hparams.update(params)
         with atomic_path(Path(self.log_dir) / self.NAME_HPARAMS_FILE) as temporary:
             save_hparams_to_yaml(temporary, self.hparams)
-        return None
 
     def _check_log_dir_exists(self) -> None:
         # Lightning's warns and deletes metrics.csv; here its rows stay and new ones are appended.

@@ -10,6 +10,7 @@ one line without having loaded anything (docs/reliability.md, "One line, always"
 
 from __future__ import annotations
 
+import argparse
 import copy
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,15 @@ def prepare_run(config: Any) -> dict[str, Any] | None:
 
 def _with_todays_defaults(parser: Any, saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config.yaml as today's parser reads it: a parameter the code gained since the run
-    started gets its default, so a resume that sets it otherwise is a change. Raises where today's
-    parser refuses the file (a parameter the code has since lost)."""
+    started gets its default, so a resume that sets it otherwise is a change. A file today's parser
+    refuses (a parameter or class the code has since lost) is returned as saved."""
     exits = parser.exit_on_error
-    parser.exit_on_error = False  # a refusal is the caller's to handle, not a usage message and exit
+    parser.exit_on_error = False  # a refusal is handled here, not a usage message and exit
     try:
         parsed = parser.parse_object(move_retired_keys(copy.deepcopy(saved)))
         return yaml.safe_load(parser.dump(parsed, skip_none=False)) or {}
+    except argparse.ArgumentError:
+        return saved
     finally:
         parser.exit_on_error = exits
 
